@@ -1,0 +1,172 @@
+"""P worker processes × T threads, each process with its own channel.
+
+Why not multiprocessing.Pool or one shared Queue: a process SIGKILLed while
+using a shared queue stalls the survivors, and Pool hangs on a dead worker
+(../shared/FACTS.md). Here every process has its own pipes; the pool knows
+which Calls each holds and learns of a death through ``Process.sentinel``: the
+dead process's Calls come back to the caller and a replacement starts.
+
+Each process holds at most threads + 1 Calls: one queued beyond its threads
+keeps them busy, more could no longer be reordered, delayed or cancelled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+from turborun.records import Call, Outcome
+from turborun.worker import WorkerSettings, worker_main
+
+
+@dataclass(slots=True)
+class _Slot:
+    process: BaseProcess
+    calls: Connection  # supervisor → worker
+    outcomes: Connection  # worker → supervisor
+    held: dict[str, Call] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PoolEvents:
+    """What one wait brought: outcomes, Calls lost with a dead process, whether
+    an extra connection (the supervisor's wakeup) became ready."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    lost: list[Call] = field(default_factory=list)
+    woken: list[Connection] = field(default_factory=list)
+    deaths: int = 0
+
+
+class WorkerPool:
+    def __init__(
+        self, processes: int, threads: int, settings: WorkerSettings, start_method: str = "spawn"
+    ) -> None:
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError("workers start with spawn or forkserver, never plain fork")
+        self._ctx = mp.get_context(start_method)
+        self._processes = processes
+        self.threads = threads
+        self._settings = settings
+        self._slots: list[_Slot] = []
+        self.deaths = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._processes * (self.threads + 1)
+
+    def start(self) -> None:
+        self._slots = [self._spawn() for _ in range(self._processes)]
+
+    def _spawn(self) -> _Slot:
+        call_reader, call_writer = self._ctx.Pipe(duplex=False)
+        outcome_reader, outcome_writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(self._settings, call_reader, outcome_writer),
+            daemon=True,
+            name="turborun-worker",
+        )
+        process.start()
+        call_reader.close()  # the child has its own copies; ours would mask EOF
+        outcome_writer.close()
+        return _Slot(process, call_writer, outcome_reader)
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self._slots if s.process.pid is not None]
+
+    def alive(self) -> int:
+        return sum(1 for s in self._slots if s.process.is_alive())
+
+    def in_flight(self) -> int:
+        return sum(len(s.held) for s in self._slots)
+
+    def free(self) -> int:
+        return sum(self.threads + 1 - len(s.held) for s in self._slots)
+
+    def send(self, calls: list[Call]) -> None:
+        """Hand Calls to the processes with the most room. The caller never sends
+        more than ``free()``."""
+        batches: dict[int, list[Call]] = {}
+        room = [self.threads + 1 - len(s.held) for s in self._slots]
+        for call in calls:
+            i = max(range(len(room)), key=room.__getitem__)
+            room[i] -= 1
+            batches.setdefault(i, []).append(call)
+        for i, batch in batches.items():
+            slot = self._slots[i]
+            for call in batch:
+                slot.held[call.custom_id] = call
+            try:
+                slot.calls.send(batch)
+            except (OSError, ValueError):
+                pass  # dying process: its sentinel fires and the Calls come back as lost
+
+    def wait(self, timeout: float | None, extra: list[Connection] = ()) -> PoolEvents:
+        """Block until an outcome, a death or an extra connection, or the timeout."""
+        events = PoolEvents()
+        by_handle: dict[object, tuple[str, int]] = {}
+        for i, slot in enumerate(self._slots):
+            by_handle[slot.outcomes] = ("out", i)
+            by_handle[slot.process.sentinel] = ("dead", i)
+        ready = wait(list(by_handle) + list(extra), timeout)
+        dead: list[int] = []
+        for handle in ready:
+            kind, i = by_handle.get(handle, ("extra", -1))
+            if kind == "out":
+                self._receive(self._slots[i], events)
+            elif kind == "dead":
+                dead.append(i)
+            else:
+                events.woken.append(handle)  # type: ignore[arg-type]
+        for i in dead:
+            self._replace(i, events)
+        return events
+
+    def _receive(self, slot: _Slot, events: PoolEvents) -> None:
+        try:
+            while True:
+                batch = slot.outcomes.recv()
+                for outcome in batch:
+                    if slot.held.pop(outcome.custom_id, None) is not None:
+                        events.outcomes.append(outcome)
+                if not slot.outcomes.poll(0):
+                    return
+        except (EOFError, OSError):
+            return  # the sentinel reports the death
+
+    def _replace(self, i: int, events: PoolEvents) -> None:
+        slot = self._slots[i]
+        if slot.outcomes.poll(0):
+            self._receive(slot, events)  # answers it managed to send before dying
+        slot.process.join(timeout=1)
+        events.lost.extend(slot.held.values())
+        events.deaths += 1
+        self.deaths += 1
+        for conn in (slot.calls, slot.outcomes):
+            conn.close()
+        self._slots[i] = self._spawn()
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Ask every process to stop, then make sure they have."""
+        for slot in self._slots:
+            try:
+                slot.calls.send(None)
+            except (OSError, ValueError):
+                pass
+        for slot in self._slots:
+            slot.process.join(timeout_s)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(1)
+            slot.calls.close()
+            slot.outcomes.close()
+        self._slots = []
+
+    def kill(self) -> None:
+        for slot in self._slots:
+            if slot.process.is_alive():
+                slot.process.kill()
+        self._slots = []

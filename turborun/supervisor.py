@@ -1,0 +1,626 @@
+"""The supervisor: the one loop that owns all run state.
+
+    tasks ─► Supervisor ─────── Calls ───────► WorkerPool (P processes × T threads)
+             │ Graph (DAG, ranks)                    │ one request each, stateless
+             │ ReadyQueue (per bucket)               │
+             │ Budget (RPM/TPM per provider/model)   │
+             │ Timers (retries)                      │
+             │ Journal ◄── entries ◄── Outcomes ◄────┘
+             └─► dependents released only after their parents' entries are committed
+
+It blocks in exactly one place, ``WorkerPool.wait``, on the outcome pipes, the
+worker sentinels and its own wakeup pipe, with a timeout that ends at the next
+deadline: a retry timer, the moment a blocked bucket may spend again, a progress
+refresh, or the end of the stop grace. Nothing polls and nothing sleeps.
+
+Every outcome of one wake-up is journaled in a single transaction (a group
+commit) before any dependent is released, so a dependent that ran proves its
+parents' results are on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from turborun.budget import Budget, Bucket, retry_delay_s
+from turborun.checkpoint import Journal
+from turborun.config import Config
+from turborun.entries import (
+    DEPENDENCY_FAILED,
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
+    WORKER_DIED,
+    failure_entry,
+    is_retryable,
+    outcome_entry,
+)
+from turborun.graph import FAILED as NODE_FAILED
+from turborun.graph import READY, RUNNING, Graph, longest_path, topological_order
+from turborun.graph import SKIPPED as NODE_SKIPPED
+from turborun.latency import LatencyModel
+from turborun.metrics import Metrics, ModelStats
+from turborun.pool import WorkerPool
+from turborun.pricing import Pricing
+from turborun.records import AUTH, FN_PROVIDER, RATE_LIMITED, Call, Outcome
+from turborun.scheduler import ReadyQueue, Timers, sort_key
+from turborun.tasks import Task, render_body
+
+log = logging.getLogger("turborun")
+
+_FN_BUCKET = ("fn", "")
+_MAX_DEATHS_PER_NODE = 3  # a node that took down this many workers fails instead
+_MAX_WAIT_S = 1.0  # an upper bound on one wait, never a poll interval
+
+DoneCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the progress display needs from the supervisor."""
+
+    done: int
+    total: int
+    failed: int
+    retrying: int
+    rate_limited: int
+    tokens_per_min: int
+    tpm_limit: float | None
+    cost_usd: float | None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        budget: Budget,
+        pricing: Pricing,
+        latency: LatencyModel,
+        *,
+        body_of: Callable[[Task], dict[str, Any]],
+        pool: WorkerPool,
+        on_done: DoneCallback | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.budget = budget
+        self.pricing = pricing
+        self.latency = latency
+        self.pool = pool
+        self._body_of = body_of
+        self._on_done = on_done
+        self._on_progress = on_progress
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.graph = Graph()
+        self.tasks: list[Task] = []
+        self.index: dict[str, int] = {}
+        self._deps: list[tuple[int, ...]] = []
+        self.ready = ReadyQueue()
+        self.timers = Timers()
+        self.metrics = Metrics(workers=config.workers)
+        self._stats: dict[tuple[str, str], ModelStats] = {}
+        self._attempts: list[int] = []
+        self._deaths: dict[int, int] = {}
+        self._cost: list[int] = []  # tokens reserved by the node's attempt in flight
+        self._ready_at: list[float] = []
+        self._queued_s: list[float] = []
+        self._duration_s: list[float] = []  # measured, for the critical-path lower bound
+        self._open = 0  # nodes not finished
+        self._done = 0
+        self._disabled: dict[str, str] = {}  # provider → why (401/403)
+        self.resumed: set[str] = set()
+        self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._accepting = False  # Runner: more tasks may come
+        self._stop_requested = threading.Event()
+        self._stop_deadline: float | None = None
+        self._next_progress = 0.0
+        self._started = 0.0
+
+    # ---- input -------------------------------------------------------------
+
+    def add_batch(self, tasks: list[Task], previous: dict[str, tuple[str, str]]) -> None:
+        """Add a whole task set. ``previous`` maps custom_id → (status, fingerprint)
+        of the journal being resumed: matching successes are not sent again."""
+        first = len(self.tasks)
+        self._extend(tasks)
+        nodes = range(first, len(self.tasks))
+        durations = [self._expected_s(self.tasks[n]) for n in nodes]
+        ready = self.graph.add_many([self._deps[n] for n in nodes], durations)
+        resumed = self._resumable(first, previous)
+        released: list[int] = []
+        for node in topological_order(self.graph.deps):
+            if node in resumed:
+                released.extend(self.graph.succeed(node))
+                self._finish_count(node, SUCCEEDED)
+                self.resumed.add(self.tasks[node].custom_id)
+        self.metrics.resumed += len(resumed)
+        for node in ready + released:
+            if node not in resumed and self.graph.state[node] == READY:
+                self._push_ready(node)
+
+    def _resumable(self, first: int, previous: dict[str, tuple[str, str]]) -> set[int]:
+        resumed: set[int] = set()
+        for node in topological_order(self.graph.deps):
+            if node < first:
+                continue
+            task = self.tasks[node]
+            status, fingerprint = previous.get(task.custom_id, ("", ""))
+            if status != SUCCEEDED:
+                continue
+            parents_ok = all(p in resumed for p in self.graph.deps[node])
+            if fingerprint == task.fingerprint and parents_ok:
+                resumed.add(node)
+            elif fingerprint != task.fingerprint:
+                self.metrics.changed += 1
+            else:
+                self.metrics.rerun_descendants += 1
+        return resumed
+
+    def submit(self, tasks: list[Task]) -> None:
+        """Thread-safe: add tasks whose dependencies were submitted before (Runner)."""
+        self._inbox.put(tasks)
+        self.wake()
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                tasks = self._inbox.get(block=False)
+            except queue.Empty:
+                return
+            for task in tasks:
+                self._extend([task])
+                node = len(self.tasks) - 1
+                _, ready = self.graph.add(self._deps[node], self._expected_s(task))
+                if ready:
+                    self._push_ready(node)
+                elif self.graph.state[node] == NODE_SKIPPED:
+                    self._skip([node], "a dependency had already failed")
+
+    def _extend(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            node = len(self.tasks)
+            self._deps.append(tuple(self.index[d] for d in task.depends_on))
+            self.index[task.custom_id] = node
+            self.tasks.append(task)
+            self._attempts.append(0)
+            self._cost.append(0)
+            self._ready_at.append(0.0)
+            self._queued_s.append(-1.0)
+            self._duration_s.append(0.0)
+            self._open += 1
+            self.metrics.total += 1
+
+    def _expected_s(self, task: Task) -> float:
+        if task.provider == FN_PROVIDER:
+            return self.latency.expected_s(FN_PROVIDER, task.fn or "", 0)
+        return self.latency.expected_s(task.provider, task.model, task.max_output_tokens)
+
+    # ---- control from other threads -----------------------------------------
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: a wake-up is pending anyway
+
+    def request_stop(self) -> None:
+        """Stop dispatching; in-flight requests get ``config.grace_s`` to finish."""
+        self._stop_requested.set()
+        self.wake()
+
+    def keep_accepting(self, accepting: bool) -> None:
+        self._accepting = accepting
+        self.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    # ---- the loop ------------------------------------------------------------
+
+    def run(self) -> Metrics:
+        self._started = self._clock()
+        try:
+            while True:
+                self._take_inbox()
+                now = self._clock()
+                if self._stop_requested.is_set() and self._stop_deadline is None:
+                    self._stop_deadline = now + self.config.grace_s
+                    log.warning("stopping: %d requests in flight", self.pool.in_flight())
+                if self._finished(now):
+                    break
+                for node in self.timers.pop_due(now):
+                    self._push_ready(node)
+                wake_at = self._dispatch(now) if self._stop_deadline is None else None
+                self._report_progress(now)
+                events = self.pool.wait(self._timeout(now, wake_at), [self._wake_r])
+                if events.woken:
+                    self._drain_wakeups()
+                self._absorb(events.outcomes)
+                self._requeue_lost(events.lost)
+        finally:
+            self.metrics.makespan_s = self._clock() - self._started
+            self._report_progress(self._clock(), force=True)
+            self._close_metrics()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        return self.metrics
+
+    def _finished(self, now: float) -> bool:
+        if self._stop_deadline is not None:
+            if self.pool.in_flight() == 0 or now >= self._stop_deadline:
+                self.metrics.interrupted = self._open > 0
+                return True
+            return False
+        return self._open == 0 and not self._accepting and self._inbox.empty()
+
+    def _timeout(self, now: float, wake_at: float | None) -> float:
+        deadlines = [now + _MAX_WAIT_S]
+        if wake_at is not None:
+            deadlines.append(wake_at)
+        due = self.timers.next_due()
+        if due is not None and self._stop_deadline is None:
+            deadlines.append(due)
+        if self._on_progress is not None:
+            deadlines.append(self._next_progress)
+        if self._stop_deadline is not None:
+            deadlines.append(self._stop_deadline)
+        return max(0.0, min(deadlines) - now)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---- dispatch ---------------------------------------------------------------
+
+    def _bucket_key(self, task: Task) -> tuple[str, str]:
+        return _FN_BUCKET if task.provider == FN_PROVIDER else (task.provider, task.model)
+
+    def _bucket(self, key: Hashable) -> Bucket | None:
+        if key == _FN_BUCKET:
+            return None
+        provider, model = key  # type: ignore[misc]
+        return self.budget.bucket(provider, model)
+
+    def _push_ready(self, node: int) -> None:
+        task = self.tasks[node]
+        self.graph.mark_ready(node)
+        self._ready_at[node] = self._clock()
+        tokens = task.prompt_tokens + task.max_output_tokens
+        key = sort_key(
+            self.config.strategy, task.priority, self.graph.rank_s[node], tokens, task.index
+        )
+        self.ready.push(self._bucket_key(task), key, node)
+
+    def _dispatch(self, now: float) -> float | None:
+        """Send as many ready nodes as workers and budgets allow; return the earliest
+        moment a blocked bucket may spend again (None: nothing is waiting on a budget)."""
+        free = self.pool.free()
+        calls: list[Call] = []
+        wake_at: float | None = None
+        while free > 0 and len(self.ready):
+            best: tuple[Any, int, Hashable, int] | None = None
+            for key, node, bucket_key in self.ready.heads():
+                cost = self._reserve_cost(bucket_key, node)
+                bucket = self._bucket(bucket_key)
+                if bucket is not None and self.tasks[node].provider not in self._disabled:
+                    at = bucket.ready_at(cost)
+                    if at > now:
+                        if at != float("inf"):
+                            wake_at = at if wake_at is None else min(wake_at, at)
+                        continue
+                if best is None or key < best[0]:
+                    best = (key, node, bucket_key, cost)
+            if best is None:
+                break
+            _, node, bucket_key, cost = best
+            self.ready.pop(bucket_key)
+            if self.graph.state[node] != READY:
+                continue  # skipped while it waited
+            call = self._prepare(node, bucket_key, cost, now)
+            if call is not None:
+                calls.append(call)
+                free -= 1
+        if calls:
+            self.pool.send(calls)
+        return wake_at
+
+    def _reserve_cost(self, bucket_key: Hashable, node: int) -> int:
+        bucket = self._bucket(bucket_key)
+        if bucket is None:
+            return 0
+        task = self.tasks[node]
+        return bucket.cost(task.prompt_tokens, task.max_output_tokens)
+
+    def _prepare(self, node: int, bucket_key: Hashable, cost: int, now: float) -> Call | None:
+        task = self.tasks[node]
+        if task.provider in self._disabled:
+            self._finalize(
+                [
+                    (
+                        node,
+                        failure_entry(
+                            task, AUTH, self._disabled[task.provider], attempts=self._attempts[node]
+                        ),
+                    )
+                ]
+            )
+            return None
+        try:
+            body = self._render(task)
+        except Exception as exc:  # a body that cannot be read back or rendered
+            entry = failure_entry(
+                task, "render_error", f"{type(exc).__name__}: {exc}", attempts=self._attempts[node]
+            )
+            self._finalize([(node, entry)])
+            return None
+        bucket = self._bucket(bucket_key)
+        if bucket is not None:
+            bucket.spend(cost)
+        self._cost[node] = cost
+        self._attempts[node] += 1
+        if self._queued_s[node] < 0:
+            self._queued_s[node] = now - self._ready_at[node]
+        self.graph.mark_running(node)
+        return Call(
+            custom_id=task.custom_id,
+            attempt=self._attempts[node],
+            provider=task.provider,
+            method=task.method,
+            url=task.url,
+            body=body,
+            fn=task.fn,
+            timeout_s=self.config.timeout_s,
+        )
+
+    def _render(self, task: Task) -> bytes:
+        if task.provider == FN_PROVIDER:
+            inputs = {}
+            for dep in task.depends_on:
+                entry = self.journal.get(dep) or {}
+                inputs[dep] = {"text": entry.get("text"), "value": entry.get("body")}
+            return orjson.dumps(inputs)
+        body = self._body_of(task)
+        if task.templated:
+            outputs = {}
+            for dep in task.depends_on:
+                entry = self.journal.get(dep) or {}
+                outputs[dep] = entry.get("text") or ""
+            body = render_body(body, outputs)
+        return orjson.dumps(body)
+
+    # ---- outcomes ---------------------------------------------------------------
+
+    def _absorb(self, outcomes: list[Outcome]) -> None:
+        finished: list[tuple[int, dict[str, Any]]] = []
+        now = self._clock()
+        for outcome in outcomes:
+            node = self.index.get(outcome.custom_id)
+            if node is None or self.graph.state[node] != RUNNING:
+                continue
+            entry = self._settle(node, outcome, now)
+            if entry is not None:
+                finished.append((node, entry))
+        if finished:
+            self._finalize(finished)
+
+    def _settle(self, node: int, outcome: Outcome, now: float) -> dict[str, Any] | None:
+        """Account one outcome; return the node's entry if it is finished."""
+        task = self.tasks[node]
+        stats = self._model_stats(task)
+        bucket = self._bucket(self._bucket_key(task))
+        quota_parked = False
+        if bucket is not None:
+            quota_parked = bucket.settle(outcome, self._cost[node], task.prompt_tokens)
+        cost = self.pricing.cost_usd(
+            task.provider,
+            task.model,
+            outcome.input_tokens,
+            outcome.output_tokens,
+            outcome.cached_tokens or 0,
+        )
+        self._count_attempt(stats, outcome, cost)
+        self._duration_s[node] = outcome.latency_s
+        if outcome.ok:
+            self.latency.observe(
+                task.provider,
+                task.model or task.fn or "",
+                task.max_output_tokens,
+                outcome.latency_s,
+            )
+            return outcome_entry(
+                task,
+                outcome,
+                attempts=self._attempts[node],
+                queued_s=self._queued_s[node],
+                cost_usd=cost,
+            )
+        if outcome.error_kind == AUTH:
+            self._disable(task.provider, outcome)
+        elif quota_parked:
+            self._attempts[node] -= 1  # the quota, not the request, was at fault
+            self._push_ready(node)
+            return None
+        elif is_retryable(outcome) and self._attempts[node] <= self.config.max_retries:
+            delay = retry_delay_s(self._attempts[node], outcome.retry_after_s, self._rng)
+            stats.retries += 1
+            self.metrics.retries += 1
+            self.graph.mark_ready(node)
+            self.timers.add(now + delay, node)
+            return None
+        return outcome_entry(
+            task,
+            outcome,
+            attempts=self._attempts[node],
+            queued_s=self._queued_s[node],
+            cost_usd=cost,
+        )
+
+    def _count_attempt(self, stats: ModelStats, outcome: Outcome, cost: float | None) -> None:
+        m = self.metrics
+        stats.requests += 1
+        stats.latencies_s.append(outcome.latency_s)
+        m.latencies_s.append(outcome.latency_s)
+        m.busy_s += outcome.latency_s
+        stats.input_tokens += outcome.input_tokens or 0
+        stats.output_tokens += outcome.output_tokens or 0
+        m.input_tokens += outcome.input_tokens or 0
+        m.output_tokens += outcome.output_tokens or 0
+        stats.add_cost(cost)
+        if cost is not None:
+            m.cost_usd = (m.cost_usd or 0.0) + cost
+        if outcome.error_kind == RATE_LIMITED:
+            stats.rate_limited += 1
+            m.rate_limited += 1
+
+    def _model_stats(self, task: Task) -> ModelStats:
+        key = (task.provider, task.model or task.fn or "")
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = ModelStats(*key)
+        return stats
+
+    def _disable(self, provider: str, outcome: Outcome) -> None:
+        if provider in self._disabled:
+            return
+        why = (
+            f"{provider} refused our API key (HTTP {outcome.status_code}): "
+            f"{outcome.error_message or ''}; no more requests go to {provider}"
+        )
+        self._disabled[provider] = why
+        log.error("%s", why)
+
+    def _requeue_lost(self, lost: list[Call]) -> None:
+        """Calls held by a worker process that died go back to the ready queue."""
+        if lost:
+            log.warning("a worker process died holding %d calls; re-queued", len(lost))
+        failed = []
+        for call in lost:
+            node = self.index[call.custom_id]
+            if self.graph.state[node] != RUNNING:
+                continue
+            bucket = self._bucket(self._bucket_key(self.tasks[node]))
+            if bucket is not None:
+                bucket.settle(_lost_outcome(call), self._cost[node], self.tasks[node].prompt_tokens)
+            self._attempts[node] -= 1
+            self._deaths[node] = self._deaths.get(node, 0) + 1
+            if self._deaths[node] >= _MAX_DEATHS_PER_NODE:
+                message = f"worker processes died {self._deaths[node]} times running this task"
+                failed.append(
+                    (
+                        node,
+                        failure_entry(
+                            self.tasks[node], WORKER_DIED, message, attempts=self._attempts[node]
+                        ),
+                    )
+                )
+            else:
+                self._push_ready(node)
+        if failed:
+            self._finalize(failed)
+
+    # ---- finishing nodes ----------------------------------------------------------
+
+    def _finalize(self, finished: list[tuple[int, dict[str, Any]]]) -> None:
+        """Journal (one transaction), then release or skip dependents."""
+        self.journal.record_many([(self.tasks[n].custom_id, e) for n, e in finished])
+        skipped: list[int] = []
+        for node, entry in finished:
+            self._finish_count(node, entry["status"])
+            self._notify(node, entry)
+            if entry["status"] == SUCCEEDED:
+                for child in self.graph.succeed(node):
+                    self._push_ready(child)
+            else:
+                skipped.extend(self.graph.fail(node))
+        if skipped:
+            self._skip(skipped, "a dependency failed")
+
+    def _skip(self, nodes: list[int], why: str) -> None:
+        entries = []
+        for node in nodes:
+            task = self.tasks[node]
+            failed = [
+                d
+                for d in task.depends_on
+                if self.graph.state[self.index[d]] in (NODE_FAILED, NODE_SKIPPED)
+            ]
+            message = f"{why}: {', '.join(failed[:5])}" if failed else why
+            entries.append(
+                (node, failure_entry(task, DEPENDENCY_FAILED, message, attempts=0, status=SKIPPED))
+            )
+        self.journal.record_many([(self.tasks[n].custom_id, e) for n, e in entries])
+        for node, entry in entries:
+            self._finish_count(node, SKIPPED)
+            self._notify(node, entry)
+
+    def _finish_count(self, node: int, status: str) -> None:
+        self._open -= 1
+        self._done += 1
+        if status == SUCCEEDED:
+            self.metrics.succeeded += 1
+        elif status == FAILED:
+            self.metrics.failed += 1
+            self._model_stats(self.tasks[node]).failed += 1
+        else:
+            self.metrics.skipped += 1
+        if status == SUCCEEDED and self._attempts[node] > 0:
+            self._model_stats(self.tasks[node]).succeeded += 1
+
+    def _notify(self, node: int, entry: dict[str, Any]) -> None:
+        if self._on_done is not None:
+            try:
+                self._on_done(self.tasks[node].custom_id, entry)
+            except Exception:  # a user's callback must not take the run down
+                log.exception("completion callback failed")
+
+    # ---- reporting ------------------------------------------------------------------
+
+    def _report_progress(self, now: float, force: bool = False) -> None:
+        if self._on_progress is None or (now < self._next_progress and not force):
+            return
+        self._next_progress = now + 0.5
+        buckets = self.budget.buckets()
+        limits = [b.tpm for b in buckets if b.tpm]
+        self._on_progress(
+            Progress(
+                done=self._done,
+                total=self.metrics.total,
+                failed=self.metrics.failed,
+                retrying=len(self.timers),
+                rate_limited=self.metrics.rate_limited,
+                tokens_per_min=sum(b.tokens_last_minute() for b in buckets),
+                tpm_limit=sum(limits) if limits else None,
+                cost_usd=self.metrics.cost_usd,
+            )
+        )
+
+    def _close_metrics(self) -> None:
+        m = self.metrics
+        m.per_model = sorted(self._stats.values(), key=lambda s: (s.provider, s.model))
+        m.pending = self._open
+        m.critical_path_s = longest_path(self._deps, self._duration_s)
+
+
+def _lost_outcome(call: Call) -> Outcome:
+    return Outcome(call.custom_id, call.attempt, None, "connection", "worker process died", None)

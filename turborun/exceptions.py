@@ -6,6 +6,7 @@ TurborunError
   CheckpointError
     CheckpointLocked    .pid
     CheckpointExists
+  TaskFailed          a Runner future's task failed or was skipped; .result
 
 This module imports nothing from turborun, so any module may import it.
 Provider failures are never exceptions: they are Outcome values.
@@ -75,4 +76,16 @@ class CheckpointExists(CheckpointError):
         super().__init__(
             f"checkpoint {folder} already holds {count} results; "
             "use --resume to continue it or --fresh to discard it"
+        )
+
+
+class TaskFailed(TurborunError):
+    """Set on a ``Runner`` future whose task failed or was skipped."""
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+        error = getattr(result, "error", None) or {}
+        super().__init__(
+            f"{getattr(result, 'custom_id', '?')} {getattr(result, 'status', 'failed')}: "
+            f"{error.get('code', '')}: {error.get('message', '')}"
         )

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from turborun.budget import Budget, Bucket, retry_delay_s
+from turborun.budget import Bucket, Budget, retry_delay_s
 from turborun.checkpoint import Journal
 from turborun.config import Config
 from turborun.entries import (

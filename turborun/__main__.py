@@ -1,0 +1,3 @@
+from turborun.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""The Python API: ``execute_batch`` for a whole task set, ``Runner`` for tasks
+submitted one by one with futures (SPEC §7)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turborun.checkpoint import Journal
+from turborun.config import Config, load_config
+from turborun.entries import SUCCEEDED
+from turborun.exceptions import InputError, Problem, TaskFailed
+from turborun.metrics import Metrics
+from turborun.results import default_results_path, write_results
+from turborun.session import RunSession
+from turborun.supervisor import Supervisor
+from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts, template_refs
+from turborun.tokens import TokenEstimator
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one task, as journaled."""
+
+    custom_id: str
+    status: str  # "succeeded" | "failed" | "skipped"
+    text: str | None
+    body: Any  # the provider's JSON answer, or a Python step's return value
+    error: dict[str, str] | None
+    attempts: int
+    latency_s: float
+    queued_s: float
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    resumed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @classmethod
+    def from_entry(cls, custom_id: str, entry: Mapping[str, Any], resumed: bool) -> Result:
+        return cls(
+            custom_id=custom_id,
+            status=entry["status"],
+            text=entry.get("text"),
+            body=entry.get("body"),
+            error=entry.get("error"),
+            attempts=entry.get("attempts", 0),
+            latency_s=entry.get("latency_s", 0.0),
+            queued_s=entry.get("queued_s", 0.0),
+            input_tokens=entry.get("input_tokens"),
+            output_tokens=entry.get("output_tokens"),
+            cost_usd=entry.get("cost_usd"),
+            resumed=resumed,
+        )
+
+
+class _JournalResults(Mapping[str, Result]):
+    """Results read from the journal on access, so a million results cost no memory."""
+
+    def __init__(self, folder: Path, ids: list[str], resumed: set[str], keep: Any) -> None:
+        self._folder = folder
+        self._ids = ids
+        self._known = set(ids)
+        self._resumed = resumed
+        self._keep = keep  # a temporary checkpoint lives as long as its results
+        self._journal: Journal | None = None
+
+    def _open(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self._folder / "journal")
+        return self._journal
+
+    def __getitem__(self, custom_id: str) -> Result:
+        if custom_id not in self._known:
+            raise KeyError(custom_id)
+        entry = self._open().get(custom_id)
+        if entry is None:
+            raise KeyError(f"{custom_id} has no result (the run was interrupted)")
+        return Result.from_entry(custom_id, entry, custom_id in self._resumed)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    results: Mapping[str, Result]
+    metrics: Metrics
+    run_name: str
+    checkpoint: Path
+    results_path: Path | None = None
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        total = self.metrics.total
+        return self.metrics.succeeded / total if total else 1.0
+
+
+def execute_batch(
+    tasks: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+    *,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    fresh: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    config: Config | None = None,
+    progress: Any = None,
+    handle_signals: bool | None = None,
+    **settings: Any,
+) -> BatchResult:
+    """Run a task set to the end and return its results.
+
+    ``tasks``: a task-file path or dicts of the task-file schema. ``checkpoint``:
+    the run name (its folder under the checkpoint dir); None with dicts keeps a
+    private temporary checkpoint, None with a path uses the file's name.
+    ``settings``: workers, processes, strategy, rpm, tpm, max_retries, timeout_s,
+    checkpoint_dir, simulate (as the command-line flags). ``output``: where to write
+    the results file (default for a path: beside it; for dicts: none).
+    ``progress``: a callable taking ``Progress`` snapshots. ``handle_signals``: make
+    SIGINT/SIGTERM stop the run gracefully (default: when on the main thread).
+    """
+    config = config or load_config(settings)
+    estimator = TokenEstimator()
+    if isinstance(tasks, str | os.PathLike):
+        path = Path(tasks)
+        taskset = load_tasks(path, estimator)
+        run_name = checkpoint or _run_name(path)
+        output = output if output is not None else default_results_path(path)
+    else:
+        taskset = tasks_from_dicts(list(tasks), estimator)
+        run_name = checkpoint
+    try:
+        return _run(taskset, run_name, config, resume, fresh, output, progress, handle_signals)
+    finally:
+        taskset.close()
+
+
+def _run_name(path: Path) -> str:
+    name = path.name
+    return name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+
+
+def _run(
+    taskset: TaskSet,
+    run_name: str | None,
+    config: Config,
+    resume: bool,
+    fresh: bool,
+    output: str | os.PathLike[str] | None,
+    progress: Any,
+    handle_signals: bool | None,
+) -> BatchResult:
+    session = RunSession(
+        config, run_name, resume=resume, fresh=fresh, providers=taskset.providers()
+    )
+    with session:
+        assert session.checkpoint is not None
+        journal = session.checkpoint.journal
+        previous = {cid: (e["status"], e["fingerprint"]) for cid, e in journal.entries()}
+        supervisor = session.supervisor(taskset.body, on_progress=progress)
+        supervisor.add_batch(taskset.tasks, previous)
+        session.checkpoint.write_meta(_meta(taskset, session, "running"))
+        restore = _install_signals(supervisor, session, handle_signals)
+        try:
+            metrics = supervisor.run()
+        finally:
+            restore()
+        results_path = None
+        ids = [t.custom_id for t in taskset.tasks]
+        if output is not None:
+            results_path = Path(output)
+            write_results(
+                results_path,
+                ids,
+                journal.get,
+                run_name=session.run_name or "",
+                resumed=supervisor.resumed,
+            )
+        state = "interrupted" if metrics.interrupted else "finished"
+        session.checkpoint.write_meta(_meta(taskset, session, state, metrics))
+        folder = session.checkpoint.folder
+    keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
+    return BatchResult(
+        results=_JournalResults(folder, ids, supervisor.resumed, keep),
+        metrics=metrics,
+        run_name=session.run_name or "",
+        checkpoint=folder,
+        results_path=results_path,
+        interrupted=metrics.interrupted,
+    )
+
+
+def _meta(
+    taskset: TaskSet, session: RunSession, state: str, metrics: Metrics | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "run_name": session.run_name,
+        "tasks_file": str(taskset.path) if taskset.path else None,
+        "total": len(taskset.tasks),
+        "pid": os.getpid(),
+        "state": state,
+    }
+    if metrics is not None:
+        meta.update(
+            succeeded=metrics.succeeded,
+            failed=metrics.failed,
+            skipped=metrics.skipped,
+            wall_s=round(metrics.makespan_s, 3),
+        )
+    return meta
+
+
+def _install_signals(supervisor: Supervisor, session: RunSession, handle: bool | None) -> Any:
+    """First SIGINT/SIGTERM: graceful stop. Second SIGINT: exit at once; the
+    journal stays consistent because every commit is atomic."""
+    if handle is None:
+        handle = threading.current_thread() is threading.main_thread()
+    if not handle:
+        return lambda: None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if supervisor.stopping and signum == signal.SIGINT:
+            session.kill_workers()
+            os._exit(130)
+        supervisor.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+    return restore
+
+
+class Runner:
+    """Submit tasks one by one; each returns a ``concurrent.futures.Future``.
+
+    The future's result is a ``Result``; a task that fails or is skipped sets a
+    ``TaskFailed`` exception carrying its ``Result``. ``depends_on`` takes futures
+    or custom_ids of tasks submitted before.
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str | None = None,
+        resume: bool = False,
+        fresh: bool = False,
+        config: Config | None = None,
+        **settings: Any,
+    ) -> None:
+        self._config = config or load_config(settings)
+        self._checkpoint = checkpoint
+        self._resume = resume
+        self._fresh = fresh
+        self._estimator = TokenEstimator()
+        self._futures: dict[str, Future[Result]] = {}
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        self._session: RunSession | None = None
+        self._supervisor: Supervisor | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.metrics: Metrics | None = None
+
+    def __enter__(self) -> Runner:
+        providers = {"openai", "groq"} if self._config.simulate else set()
+        self._session = RunSession(
+            self._config,
+            self._checkpoint,
+            resume=self._resume,
+            fresh=self._fresh,
+            providers=providers,
+        )
+        self._session.__enter__()
+        self._supervisor = self._session.supervisor(lambda t: t.body or {}, self._on_done)
+        self._supervisor.keep_accepting(True)
+        self._thread = threading.Thread(target=self._loop, name="turborun-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        assert self._supervisor is not None
+        try:
+            self.metrics = self._supervisor.run()
+        except BaseException as exc:  # surfaces in every pending future
+            self._error = exc
+            with self._lock:
+                for future in self._futures.values():
+                    if not future.done():
+                        future.set_exception(exc)
+
+    def submit(
+        self, task: Mapping[str, Any], depends_on: Sequence[Future[Result] | str] = ()
+    ) -> Future[Result]:
+        if self._supervisor is None:
+            raise RuntimeError("use Runner as a context manager: with Runner() as run: ...")
+        if self._error is not None:
+            raise RuntimeError("the runner's supervisor stopped") from self._error
+        item = dict(task)
+        deps = [_dep_id(d) for d in (list(depends_on) + list(item.pop("depends_on", [])))]
+        with self._lock:
+            custom_id = item.setdefault("custom_id", f"task-{next(self._counter)}")
+            built = self._build(item, deps)
+            future: Future[Result] = Future()
+            future.custom_id = custom_id  # type: ignore[attr-defined]
+            self._futures[custom_id] = future
+            self._known.add(custom_id)
+        self._supervisor.submit([built])
+        return future
+
+    def _build(self, item: dict[str, Any], deps: list[str]) -> Task:
+        custom_id = item["custom_id"]
+        problems = []
+        if custom_id in self._known:
+            problems.append(f"duplicate custom_id {custom_id!r}")
+        unknown = [d for d in deps if d not in self._known]
+        if unknown:
+            problems.append(f"unknown dependency {', '.join(unknown)} (submit it first)")
+        undeclared = (template_refs(item.get("body") or {}) & self._known) - set(deps)
+        if undeclared:
+            problems.append(
+                f"template {{{{{sorted(undeclared)[0]}}}}} refers to a task not in depends_on"
+            )
+        if problems:
+            raise InputError([Problem("<submit>", 0, p) for p in problems])
+        task = tasks_from_dicts([item], self._estimator, source="<submit>").tasks[0]
+        task.depends_on = tuple(dict.fromkeys(deps))
+        task.templated = bool(template_refs(item.get("body") or {}) & set(deps))
+        task.index = len(self._known)
+        task.fingerprint = fingerprint(
+            task.provider, task.method, task.url, task.body, task.fn, task.depends_on
+        )
+        return task
+
+    def _on_done(self, custom_id: str, entry: dict[str, Any]) -> None:
+        body = entry.get("body")
+        if isinstance(body, bytes | bytearray):
+            import orjson
+
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                body = body.decode("utf-8", "replace")
+        result = Result.from_entry(custom_id, {**entry, "body": body}, False)
+        with self._lock:
+            future = self._futures.get(custom_id)
+        if future is None or future.done():
+            return
+        if result.ok:
+            future.set_result(result)
+        else:
+            future.set_exception(TaskFailed(result))
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._supervisor is not None and self._session is not None
+        if exc[0] is not None:
+            self._supervisor.request_stop()
+        self._supervisor.keep_accepting(False)
+        if self._thread is not None:
+            self._thread.join()
+        self._session.close()
+        self._session.cleanup_tmp()
+
+
+def _dep_id(dep: Future[Result] | str) -> str:
+    if isinstance(dep, str):
+        return dep
+    custom_id = getattr(dep, "custom_id", None)
+    if custom_id is None:
+        raise TypeError("depends_on takes futures returned by Runner.submit or custom_ids")
+    return custom_id

@@ -1,0 +1,160 @@
+"""Command line: argv → Config → execute_batch → exit code. The only sys.exit.
+
+Exit codes: 0 all succeeded; 1 some failed or were skipped; 2 bad input, bad
+configuration or refused checkpoint; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from turborun.config import STRATEGIES, load_config
+from turborun.exceptions import InputError, TurborunError
+from turborun.metrics import summary_table
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m turborun")
+    sub = parser.add_subparsers(dest="command", required=True)
+    batch = sub.add_parser("batch", help="run a task file")
+    batch.add_argument("tasks", type=Path, help="the task file (JSONL)")
+    batch.add_argument("-o", "--output", type=Path, help="results file")
+    mode = batch.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
+    mode.add_argument("--fresh", action="store_true", help="discard the run's checkpoint")
+    batch.add_argument("--run-name", help="checkpoint name (default: task file name)")
+    batch.add_argument("--workers", type=int, help="concurrent requests (default 120)")
+    batch.add_argument("--processes", type=int, help="worker processes (default min(8, CPUs))")
+    batch.add_argument("--strategy", choices=STRATEGIES, help="ready-queue order")
+    batch.add_argument("--rpm", type=float, help="requests per minute, every model")
+    batch.add_argument("--tpm", type=float, help="tokens per minute, every model")
+    batch.add_argument("--max-retries", type=int, help="retries after the first attempt")
+    batch.add_argument("--timeout", type=float, help="seconds per request")
+    batch.add_argument(
+        "--simulate",
+        action="store_true",
+        default=None,
+        help="run against a local simulated server: no key, no cost",
+    )
+    batch.add_argument("--no-progress", action="store_true", help="no progress display")
+    status = sub.add_parser("status", help="show a run's state from its checkpoint")
+    status.add_argument("run_name", nargs="?", help="run name (default: list runs)")
+    sim = sub.add_parser(
+        "simulate", help="serve the local OpenAI-compatible simulator", add_help=False
+    )
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        from turborun.simulator import main as simulate_main
+
+        return simulate_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "batch":
+            return _batch(args, argv)
+        return _status(args)
+    except InputError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s); nothing was sent", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TurborunError as exc:
+        print(f"turborun: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": args.workers,
+        "processes": args.processes,
+        "strategy": args.strategy,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "simulate": args.simulate,
+        "progress": False if args.no_progress else None,
+    }
+
+
+def _batch(args: argparse.Namespace, argv: list[str]) -> int:
+    from turborun.api import execute_batch
+    from turborun.progress import ProgressDisplay
+
+    config = load_config(_flags(args))
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("turborun: %(message)s"))
+    logging.getLogger("turborun").addHandler(console)
+    display = ProgressDisplay(enabled=config.progress)
+    try:
+        result = execute_batch(
+            args.tasks,
+            checkpoint=args.run_name,
+            resume=args.resume,
+            fresh=args.fresh,
+            output=args.output,
+            config=config,
+            progress=display,
+        )
+    finally:
+        display.close()
+        logging.getLogger("turborun").removeHandler(console)
+    print(summary_table(result.metrics))
+    if result.results_path is not None:
+        print(f"results: {result.results_path}")
+    if result.interrupted:
+        again = [a for a in argv if a not in ("--resume", "--fresh")]
+        print(
+            f"interrupted: {result.metrics.pending} tasks not finished; the checkpoint "
+            f"{result.checkpoint} holds everything done.\nresume with: "
+            f"{shlex.join([sys.executable, '-m', 'turborun', *again, '--resume'])}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    m = result.metrics
+    return EXIT_OK if m.failed == 0 and m.skipped == 0 else EXIT_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    from turborun.checkpoint import list_runs, open_journal_readonly
+
+    config = load_config({})
+    if not args.run_name:
+        runs = list_runs(config.checkpoint_dir)
+        if not runs:
+            print(f"no runs in {config.checkpoint_dir}")
+        for name in runs:
+            print(name)
+        return EXIT_OK
+    opened = open_journal_readonly(config.checkpoint_dir, args.run_name)
+    if opened is None:
+        print(f"turborun: no run {args.run_name!r} in {config.checkpoint_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    meta, journal = opened
+    try:
+        counts = journal.counts()
+    finally:
+        journal.close()
+    total = meta.get("total") or 0
+    done = sum(counts.values())
+    print(f"run {args.run_name}: {meta.get('state', 'unknown')} (pid {meta.get('pid')})")
+    print(f"tasks file: {meta.get('tasks_file')}")
+    print(
+        f"journaled {done} of {total}: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("succeeded", "failed", "skipped"))
+    )
+    return EXIT_OK

@@ -1,0 +1,61 @@
+"""Progress display: one tqdm bar on a terminal, plain periodic lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+from turborun.supervisor import Progress
+
+_PLAIN_PERIOD_S = 10.0
+
+
+def _postfix(p: Progress) -> str:
+    tpm = f"{p.tokens_per_min / 1000:.1f}k"
+    if p.tpm_limit:
+        tpm += f"/{p.tpm_limit / 1000:.0f}k"
+    cost = "-" if p.cost_usd is None else f"${p.cost_usd:.4f}"
+    return (
+        f"failed={p.failed} retrying={p.retrying} 429s={p.rate_limited} tok/min={tpm} cost={cost}"
+    )
+
+
+class ProgressDisplay:
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
+        self._bar: tqdm | None = None
+        self._next_line = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, p: Progress) -> None:
+        if not self._enabled:
+            return
+        if self._tty:
+            if self._bar is None:
+                self._bar = tqdm(
+                    total=p.total, file=self._stream, unit="task", dynamic_ncols=True, smoothing=0.1
+                )
+            self._bar.total = p.total
+            self._bar.update(p.done - self._bar.n)
+            self._bar.set_postfix_str(_postfix(p), refresh=True)
+            return
+        now = time.monotonic()
+        if now >= self._next_line or p.done == p.total:
+            self._next_line = now + _PLAIN_PERIOD_S
+            elapsed = now - self._started
+            rate = p.done / elapsed if elapsed > 0 else 0.0
+            print(
+                f"[turborun] {p.done}/{p.total} done, {rate:.1f}/s, {_postfix(p)}",
+                file=self._stream,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,18 +1,14 @@
 """turborun: run large batches of LLM API requests as fast as rate limits allow,
-in dependency order, and survive being killed."""
+in dependency order, and survive being killed.
 
-from turborun.api import BatchResult, Result, Runner, execute_batch
-from turborun.exceptions import (
-    CheckpointError,
-    CheckpointExists,
-    CheckpointLocked,
-    ConfigError,
-    InputError,
-    Problem,
-    TaskFailed,
-    TurborunError,
-)
-from turborun.metrics import Metrics, ModelStats
+The public names load on first use (PEP 562): a worker process that imports
+``turborun.worker`` then pays for the worker's modules only, not the whole API.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "BatchResult",
@@ -30,3 +26,52 @@ __all__ = [
     "TurborunError",
     "execute_batch",
 ]
+
+_HOME = {
+    "BatchResult": "turborun.api",
+    "Result": "turborun.api",
+    "Runner": "turborun.api",
+    "execute_batch": "turborun.api",
+    "Metrics": "turborun.metrics",
+    "ModelStats": "turborun.metrics",
+    **{
+        name: "turborun.exceptions"
+        for name in (
+            "CheckpointError",
+            "CheckpointExists",
+            "CheckpointLocked",
+            "ConfigError",
+            "InputError",
+            "Problem",
+            "TaskFailed",
+            "TurborunError",
+        )
+    },
+}
+
+if TYPE_CHECKING:
+    from turborun.api import BatchResult, Result, Runner, execute_batch
+    from turborun.exceptions import (
+        CheckpointError,
+        CheckpointExists,
+        CheckpointLocked,
+        ConfigError,
+        InputError,
+        Problem,
+        TaskFailed,
+        TurborunError,
+    )
+    from turborun.metrics import Metrics, ModelStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'turborun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

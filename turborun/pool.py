@@ -13,6 +13,7 @@ keeps them busy, more could no longer be reordered, delayed or cancelled.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -57,8 +58,29 @@ class WorkerPool:
     def capacity(self) -> int:
         return self._processes * (self.threads + 1)
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start every process and wait until each has imported its modules, so a
+        run's clock starts with a ready pool and a process that cannot start is
+        an error here rather than an endless respawn later."""
         self._slots = [self._spawn() for _ in range(self._processes)]
+        pending = {slot.outcomes: slot for slot in self._slots}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            remaining = deadline - time.monotonic()
+            sentinels = {slot.process.sentinel: slot for slot in pending.values()}
+            ready = wait(list(pending) + list(sentinels), max(0.0, remaining))
+            if not ready:
+                self.kill()
+                raise RuntimeError(f"worker processes did not start within {timeout_s:.0f} s")
+            for handle in ready:
+                if handle in sentinels:
+                    code = sentinels[handle].process.exitcode
+                    self.kill()
+                    raise RuntimeError(f"a worker process exited at start (exit code {code})")
+                try:
+                    pending.pop(handle).outcomes.recv()  # the hello
+                except (EOFError, OSError):
+                    pass  # its sentinel will say why
 
     def _spawn(self) -> _Slot:
         call_reader, call_writer = self._ctx.Pipe(duplex=False)

@@ -27,6 +27,8 @@ from multiprocessing.connection import Connection
 from turborun.records import Call, Outcome
 
 _WATCHDOG_PERIOD_S = 0.5
+# The first message of every process: an Outcome for no node, meaning "ready".
+_HELLO = Outcome("", 0, None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ def worker_main(settings: WorkerSettings, calls: Connection, outcomes: Connectio
 
     for target in [serve] * settings.threads + [send, watchdog]:
         threading.Thread(target=target, daemon=True).start()
+    outbox.put(_HELLO)  # ready: modules imported, threads started
     while True:
         try:
             message = calls.recv()

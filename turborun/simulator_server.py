@@ -1,0 +1,405 @@
+"""The simulator's server process: raw asyncio, minimal HTTP/1.1 with keep-alive.
+
+One ``asyncio.Protocol`` per connection parses requests by hand (request line, headers,
+Content-Length body); each request is decided at once (route, directives, faults, limits),
+logged with one ``os.write``, and answered immediately or after its latency through
+``loop.call_later``: no task per request, nothing that blocks the loop. That keeps a single
+core well above the few thousand requests/s a benchmark sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from turborun.simulator_answers import (
+    DEFAULT_OUTPUT_TOKENS,
+    ENDPOINTS,
+    Directive,
+    DirectiveError,
+    Usage,
+    answer_body,
+    load_token_counter,
+    parse_directives,
+    prompt_text,
+    requested_output_tokens,
+)
+from turborun.simulator_limits import ModelLimit, rejection_message
+
+MAX_HEAD_BYTES = 65_536
+PARENT_CHECK_S = 1.0
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything the server process needs; travels as JSON on its command line."""
+
+    latency_s: float = 0.05
+    latency_per_token_s: float = 0.0
+    limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    daily_requests: dict[str, int] = field(default_factory=dict)
+    rate_headers: bool = True
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int = 0
+    log_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    exit_with_parent: bool = False
+
+    def to_json(self) -> str:
+        return orjson.dumps(_fields(self)).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> SimConfig:
+        data = orjson.loads(text)
+        data["limits"] = {m: (v[0], v[1]) for m, v in data.get("limits", {}).items()}
+        return cls(**data)
+
+
+def _fields(config: SimConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in SimConfig.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    body: bytes
+    close: bool
+
+
+class _Answer:
+    """A decided answer: bytes to send after ``delay_s``, or a fault ("hang", "drop")."""
+
+    __slots__ = ("data", "delay_s", "fault", "close")
+
+    def __init__(self, data: bytes = b"", delay_s: float = 0.0, fault: str | None = None):
+        self.data = data
+        self.delay_s = delay_s
+        self.fault = fault
+        self.close = False
+
+
+def _http(status: int, body: bytes, headers: list[tuple[str, str]]) -> bytes:
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    head.append("content-type: application/json")
+    head.append(f"content-length: {len(body)}")
+    head.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _error_body(status: int, message: str, kind: str | None = None, code: Any = None) -> bytes:
+    error = {
+        "message": message,
+        "type": kind or _ERROR_TYPES.get(status, "server_error"),
+        "param": None,
+        "code": code,
+    }
+    return orjson.dumps({"error": error})
+
+
+class SimServer:
+    """Decides every request; owns the limits, the directive counters and the log."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.random = random.Random(config.seed)
+        self.ids = random.Random(config.seed + 1)
+        self.count_tokens = load_token_counter()
+        self.receipts: dict[int, int] = {}
+        start = clock()
+        models = set(config.limits) | set(config.daily_requests)
+        self.limits = {
+            model: ModelLimit(*config.limits.get(model, (None, None)),
+                              config.daily_requests.get(model), start)
+            for model in models
+        }  # fmt: skip
+        self.log_fd = (
+            os.open(config.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if config.log_path
+            else None
+        )
+        self.faulty = config.error_rate + config.hang_rate + config.drop_rate > 0
+
+    def decide(self, request: _Request) -> _Answer:
+        entry: dict[str, Any] = {"t": time.time(), "path": request.path, "model": None,
+                                 "status": None, "body": None, "max_tokens": None,
+                                 "prompt_tokens": None}  # fmt: skip
+        answer = self._decide(request, entry)
+        if answer.fault is not None:
+            entry["fault"] = answer.fault
+        if self.log_fd is not None:
+            os.write(self.log_fd, orjson.dumps(entry) + b"\n")
+        answer.close = request.close
+        return answer
+
+    def _decide(self, request: _Request, entry: dict[str, Any]) -> _Answer:
+        path = request.path.split("?", 1)[0]
+        groq = path.startswith("/openai/v1/")
+        endpoint = ENDPOINTS.get(path[len("/openai/v1") if groq else len("/v1") :])
+        if endpoint is None or not (groq or path.startswith("/v1/")):
+            return self._error(entry, 404, f"Unknown request URL: POST {path}.", code="unknown_url")
+        if request.method != "POST":
+            return self._error(entry, 405, f"Method {request.method} not allowed on {path}.")
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return self._error(entry, 400, "We could not parse the JSON body of your request.")
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        requested = requested_output_tokens(body)
+        prompt_tokens = self.count_tokens(prompt_text(endpoint, body))
+        entry.update(body=body, model=model, max_tokens=requested, prompt_tokens=prompt_tokens)
+        output = 0 if endpoint == "embeddings" else (requested if requested is not None
+                                                     else DEFAULT_OUTPUT_TOKENS)  # fmt: skip
+        latency = self.config.latency_s + self.config.latency_per_token_s * output
+        scripted = self._scripted(request.body, entry, latency)
+        if isinstance(scripted, _Answer):
+            return scripted
+        latency = scripted
+        if self.faulty:
+            fault = self._random_fault(entry, latency)
+            if fault is not None:
+                return fault
+        return self._admit(endpoint, body, model, groq, Usage(prompt_tokens, output), entry,
+                           latency)  # fmt: skip
+
+    def _scripted(self, raw: bytes, entry: dict[str, Any], latency: float) -> _Answer | float:
+        """The active ``[sim:...]`` fault as an answer, or the (possibly scripted) latency."""
+        if b"[sim:" not in raw:
+            return latency
+        try:
+            directives = parse_directives(raw)
+        except DirectiveError as exc:
+            return self._error(entry, 400, str(exc))
+        key = hash(raw)
+        receipt = self.receipts.get(key, 0) + 1
+        self.receipts[key] = receipt
+        active = [d for d in directives if d.times is None or receipt <= d.times]
+        for directive in active:
+            if directive.latency_s is not None:
+                latency = directive.latency_s
+        fault = next((d for d in active if d.fault is not None), None)
+        return latency if fault is None else self._fault(fault, entry, latency)
+
+    def _fault(self, directive: Directive, entry: dict[str, Any], latency: float) -> _Answer:
+        if directive.fault in ("hang", "drop"):
+            return _Answer(fault=directive.fault, delay_s=latency)
+        if directive.fault == "invalid_json":
+            entry["status"] = 200
+            body = b'{"id": "chatcmpl-broken", "choices": [ <html>upstream error'
+            return _Answer(_http(200, body, [self._request_id()]), latency)
+        status = directive.status or 500
+        headers = [self._request_id()]
+        if directive.retry_after_ms is not None:
+            headers.append(("retry-after-ms", str(directive.retry_after_ms)))
+            headers.append(("retry-after", str(math.ceil(directive.retry_after_ms / 1000))))
+        if directive.retry_after_s is not None:
+            headers.append(("retry-after", f"{directive.retry_after_s:g}"))
+        message = directive.message or f"Simulated error {status}."
+        kind = "requests" if status == 429 else None
+        code = "rate_limit_exceeded" if status == 429 else None
+        entry["status"] = status
+        return _Answer(_http(status, _error_body(status, message, kind, code), headers), latency)
+
+    def _random_fault(self, entry: dict[str, Any], latency: float) -> _Answer | None:
+        draw = self.random.random()
+        config = self.config
+        if draw < config.error_rate:
+            entry["status"] = 500
+            body = _error_body(500, "The server had an error while processing your request.")
+            return _Answer(_http(500, body, [self._request_id()]), latency)
+        if draw < config.error_rate + config.hang_rate:
+            return _Answer(fault="hang")
+        if draw < config.error_rate + config.hang_rate + config.drop_rate:
+            return _Answer(fault="drop", delay_s=latency)
+        return None
+
+    def _admit(self, endpoint: str, body: dict[str, Any], model: str | None, groq: bool,
+               usage: Usage, entry: dict[str, Any], latency: float) -> _Answer:  # fmt: skip
+        headers = [self._request_id()]
+        limit = self.limits.get(model) if model is not None else None
+        if limit is not None:
+            now = self.clock()
+            rejection = limit.admit(now, usage.prompt_tokens + usage.output_tokens)
+            if self.config.rate_headers:
+                headers += limit.groq_headers(now) if groq else limit.openai_headers(now)
+            if rejection is not None:
+                wait_ms = math.ceil(rejection.retry_after_s * 1000)
+                headers.append(("retry-after", str(math.ceil(wait_ms / 1000))))
+                headers.append(("retry-after-ms", str(wait_ms)))
+                message = rejection_message(rejection, model or "", groq)
+                error = _error_body(429, message, rejection.kind, "rate_limit_exceeded")
+                entry["status"] = 429
+                return _Answer(_http(429, error, headers))
+        output = min(usage.output_tokens, DEFAULT_OUTPUT_TOKENS)
+        hex_id = headers[0][1][4:]
+        answer = answer_body(endpoint, body, hex_id, Usage(usage.prompt_tokens, output))
+        entry["status"] = 200
+        return _Answer(_http(200, orjson.dumps(answer), headers), latency)
+
+    def _error(self, entry: dict[str, Any], status: int, message: str, code: Any = None) -> _Answer:
+        entry["status"] = status
+        return _Answer(_http(status, _error_body(status, message, code=code), [self._request_id()]))
+
+    def _request_id(self) -> tuple[str, str]:
+        return ("x-request-id", f"req_{self.ids.getrandbits(96):024x}")
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; requests on it are answered strictly in order."""
+
+    def __init__(self, server: SimServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._serve()
+
+    def _serve(self) -> None:
+        while not self.busy and self.transport is not None and not self.transport.is_closing():
+            request = self._parse()
+            if request is None:
+                return
+            answer = self.server.decide(request)
+            if answer.fault == "hang":
+                self.busy = True  # held open until the client gives up
+            elif answer.delay_s > 0:
+                self.busy = True
+                self.loop.call_later(answer.delay_s, self._finish, answer)
+            else:
+                self._send(answer)
+
+    def _finish(self, answer: _Answer) -> None:
+        self.busy = False
+        self._send(answer)
+        self._serve()
+
+    def _send(self, answer: _Answer) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if answer.fault == "drop":
+            transport.close()
+            return
+        transport.write(answer.data)
+        if answer.close:
+            transport.close()
+
+    def _parse(self) -> _Request | None:
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                self._reject(400, "Request header too large.")
+            return None
+        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            self._reject(400, "Malformed request line.")
+            return None
+        length, close = 0, parts[2] == "HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip() or 0)
+            elif name == "connection":
+                close = value.strip().lower() == "close"
+            elif name == "transfer-encoding":
+                self._reject(411, "Chunked bodies are not supported; send Content-Length.")
+                return None
+        total = end + 4 + length
+        if len(buffer) < total:
+            return None
+        body = bytes(buffer[end + 4 : total])
+        del buffer[:total]
+        return _Request(parts[0], parts[1], body, close)
+
+    def _reject(self, status: int, message: str) -> None:
+        if self.transport is not None:
+            self.transport.write(_http(status, _error_body(status, message), []))
+            self.transport.close()
+        self.buffer.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(config: SimConfig, announce: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM (or, with exit_with_parent, until the parent is gone)."""
+    loop = asyncio.get_running_loop()
+    sim = SimServer(config)
+    server = await loop.create_server(
+        lambda: _Connection(sim, loop), config.host, config.port, backlog=1024, reuse_address=True
+    )
+    port = server.sockets[0].getsockname()[1]
+    stop = loop.create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    if config.exit_with_parent:
+        _watch_parent(loop, os.getppid(), stop)
+    announce(f"listening on http://{config.host}:{port}")
+    try:
+        await stop
+    finally:
+        server.close()
+        if sim.log_fd is not None:
+            os.close(sim.log_fd)
+
+
+def _watch_parent(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Future) -> None:
+    """Exit when the process that started us is gone, so no simulator outlives its tests."""
+
+    def check() -> None:
+        if os.getppid() != parent:
+            if not stop.done():
+                stop.set_result(None)
+            return
+        loop.call_later(PARENT_CHECK_S, check)
+
+    loop.call_later(PARENT_CHECK_S, check)

@@ -1,0 +1,48 @@
+"""Shared fixtures: one simulator process for the whole session, and a raw HTTP helper."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from turborun.simulator import Simulator
+
+
+@dataclass(frozen=True)
+class SimResponse:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    raw: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+def sim_post(sim: Simulator, path: str, body: Any, *, timeout_s: float = 10.0) -> SimResponse:
+    """POST ``body`` (a dict, or raw bytes) to the simulator with plain http.client."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=timeout_s)
+    try:
+        connection.request("POST", path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return SimResponse(response.status, headers, response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Simulator]:
+    """One simulator (no latency, no limits) shared by the session; its log is shared too."""
+    with Simulator(latency_s=0.0) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def post() -> Callable[..., SimResponse]:
+    return sim_post

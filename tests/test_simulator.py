@@ -1,0 +1,297 @@
+"""The simulator over real HTTP: shapes, limits and their headers, faults, directives, log."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from turborun.simulator import Simulator
+
+PREFIXES = ["/v1", "/openai/v1"]
+CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "Hello simulator"}]}
+
+
+def _body(endpoint: str, text: str = "Hello simulator", **extra: object) -> dict:
+    bodies = {
+        "/chat/completions": {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": text}]},
+        "/completions": {"prompt": text},
+        "/embeddings": {"input": [text, "second"]},
+        "/responses": {"input": text},
+    }  # fmt: skip
+    return {"model": "sim-model", **bodies[endpoint], **extra}
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_chat_completion_has_openai_shape(simulator, post, prefix):
+    response = post(
+        simulator, prefix + "/chat/completions", _body("/chat/completions", max_tokens=5)
+    )
+    data = response.json()
+    assert response.status == 200
+    assert response.headers["x-request-id"].startswith("req_")
+    assert data["id"].startswith("chatcmpl-") and data["object"] == "chat.completion"
+    assert data["model"] == "sim-model"
+    assert data["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "echo: Hello simulator",
+    }
+    usage = data["usage"]
+    assert usage["completion_tokens"] == 5 and usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 5
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_completion_has_text_choice(simulator, post, prefix):
+    data = post(simulator, prefix + "/completions", _body("/completions")).json()
+    assert data["object"] == "text_completion"
+    assert data["choices"][0]["text"] == "echo: Hello simulator"
+    assert data["usage"]["completion_tokens"] == 16
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_embeddings_return_one_vector_per_input(simulator, post, prefix):
+    data = post(simulator, prefix + "/embeddings", _body("/embeddings")).json()
+    assert data["object"] == "list"
+    assert [d["index"] for d in data["data"]] == [0, 1]
+    assert all(isinstance(x, float) for x in data["data"][0]["embedding"])
+    assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_responses_have_output_text_and_usage(simulator, post, prefix):
+    data = post(simulator, prefix + "/responses", _body("/responses", max_output_tokens=7)).json()
+    assert data["object"] == "response" and data["status"] == "completed"
+    assert data["output"][0]["content"][0]["text"] == "echo: Hello simulator"
+    assert data["output_text"] == "echo: Hello simulator"
+    assert data["usage"]["output_tokens"] == 7
+    assert data["usage"]["total_tokens"] == data["usage"]["input_tokens"] + 7
+
+
+def test_echo_is_cut_at_sixty_characters(simulator, post):
+    data = post(simulator, "/v1/chat/completions", _body("/chat/completions", "x" * 200)).json()
+    assert data["choices"][0]["message"]["content"] == "echo: " + "x" * 60
+
+
+def test_unknown_path_is_404_in_openai_error_shape(simulator, post):
+    response = post(simulator, "/v1/models/nothing", CHAT)
+    assert response.status == 404
+    assert set(response.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_body_that_is_not_json_is_400(simulator, post):
+    response = post(simulator, "/v1/chat/completions", b"{not json")
+    assert response.status == 400
+    assert "message" in response.json()["error"]
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(simulator):
+    connection = http.client.HTTPConnection("127.0.0.1", simulator.port, timeout=5)
+    for _ in range(20):
+        connection.request("POST", "/v1/chat/completions", json.dumps(CHAT))
+        response = connection.getresponse()
+        assert response.status == 200
+        response.read()
+    connection.close()
+
+
+def test_models_without_limits_get_no_rate_headers(simulator, post):
+    headers = post(simulator, "/v1/chat/completions", CHAT).headers
+    assert not [name for name in headers if name.startswith("x-ratelimit-")]
+
+
+def test_one_second_window_allows_a_sixtieth_of_rpm(post):
+    with Simulator(latency_s=0, limits={"m": (120, None)}) as sim:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        first, second, third = (post(sim, "/v1/chat/completions", body) for _ in range(3))
+        assert (first.status, second.status, third.status) == (200, 200, 429)
+        assert first.headers["x-ratelimit-limit-requests"] == "120"
+        assert first.headers["x-ratelimit-remaining-requests"] == "119"
+        assert second.headers["x-ratelimit-remaining-requests"] == "118"
+        assert first.headers["x-ratelimit-reset-requests"].endswith("s")
+        assert "x-ratelimit-limit-tokens" not in first.headers
+        error = third.json()["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        wait_ms = int(third.headers["retry-after-ms"])
+        assert 0 < wait_ms <= 1000 and third.headers["retry-after"] == "1"
+        time.sleep(wait_ms / 1000 + 0.02)
+        assert post(sim, "/v1/chat/completions", body).status == 200
+        statuses = [entry["status"] for entry in sim.requests()]
+        assert statuses == [200, 200, 429, 200]
+
+
+def test_token_limit_refuses_with_type_tokens_and_does_not_charge(post):
+    with Simulator(latency_s=0, limits={"m": (None, 6000)}) as sim:  # 100 tokens per second
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}
+        first, second = (
+            post(sim, "/v1/chat/completions", body),
+            post(sim, "/v1/chat/completions", body),
+        )
+        assert (first.status, second.status) == (200, 429)
+        assert second.json()["error"]["type"] == "tokens"
+        cost = sim.requests()[0]["prompt_tokens"] + 60
+        assert first.headers["x-ratelimit-remaining-tokens"] == str(6000 - cost)
+        assert second.headers["x-ratelimit-remaining-tokens"] == str(6000 - cost)  # not charged
+
+
+def test_sixty_second_window_caps_the_minute(post):
+    with Simulator(latency_s=0, limits={"m": (2, None)}) as sim:  # 1 per second, 2 per minute
+        body = {"model": "m", "messages": []}
+        assert post(sim, "/v1/chat/completions", body).status == 200
+        time.sleep(1.05)
+        assert post(sim, "/v1/chat/completions", body).status == 200
+        time.sleep(1.05)
+        refused = post(sim, "/v1/chat/completions", body)
+        assert refused.status == 429
+        assert 55_000 < int(refused.headers["retry-after-ms"]) <= 60_000
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_groq_headers_count_requests_per_day(post):
+    with Simulator(latency_s=0, limits={"g": (600, 60000)}, daily_requests={"g": 2}) as sim:
+        body = {"model": "g", "messages": [{"role": "user", "content": "hi"}]}
+        first = post(sim, "/openai/v1/chat/completions", body)
+        assert first.headers["x-ratelimit-limit-requests"] == "2"
+        assert first.headers["x-ratelimit-remaining-requests"] == "1"
+        assert first.headers["x-ratelimit-reset-requests"].startswith("23h59m")
+        assert first.headers["x-ratelimit-limit-tokens"] == "60000"
+        time.sleep(0.15)
+        post(sim, "/openai/v1/chat/completions", body)
+        time.sleep(0.15)
+        refused = post(sim, "/openai/v1/chat/completions", body)
+        assert refused.status == 429
+        assert int(refused.headers["retry-after"]) > 86_000
+        error = refused.json()["error"]
+        assert error["type"] == "requests" and "Please try again in 23h59m" in error["message"]
+
+
+def test_groq_429_message_gives_the_wait_in_seconds(post):
+    with Simulator(latency_s=0, limits={"g": (None, 600)}) as sim:  # 10 tokens per second
+        body = {"model": "g", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}
+        post(sim, "/openai/v1/chat/completions", body)
+        error = post(sim, "/openai/v1/chat/completions", body).json()["error"]
+        assert error["type"] == "tokens"
+        assert "Please try again in " in error["message"] and error["message"].endswith("ms.")
+
+
+def test_rate_headers_can_be_switched_off(post):
+    with Simulator(latency_s=0, limits={"m": (600, None)}, rate_headers=False) as sim:
+        headers = post(sim, "/v1/chat/completions", {"model": "m", "messages": []}).headers
+        assert not [name for name in headers if name.startswith("x-ratelimit-")]
+
+
+def test_status_directive_applies_the_given_number_of_times(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:status=500:times=2] a"}]}
+    statuses = [post(simulator, "/v1/chat/completions", body).status for _ in range(3)]
+    assert statuses == [500, 500, 200]
+
+
+def test_status_directive_without_times_always_applies(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:status=400] b"}]}
+    responses = [post(simulator, "/v1/chat/completions", body) for _ in range(2)]
+    assert [r.status for r in responses] == [400, 400]
+    assert "message" in responses[0].json()["error"]
+
+
+def test_429_directive_sends_retry_after_ms(simulator, post):
+    text = "[sim:status=429:retry_after_ms=400:times=1] c"
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    refused = post(simulator, "/v1/chat/completions", body)
+    assert refused.status == 429
+    assert refused.headers["retry-after-ms"] == "400" and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert post(simulator, "/v1/chat/completions", body).status == 200
+
+
+def test_hang_directive_never_answers(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:hang:times=1] d"}]}
+    with pytest.raises(TimeoutError):
+        post(simulator, "/v1/chat/completions", body, timeout_s=0.3)
+    assert post(simulator, "/v1/chat/completions", body).status == 200
+
+
+def test_drop_directive_closes_without_answering(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:drop:times=1] e"}]}
+    with pytest.raises(http.client.RemoteDisconnected):
+        post(simulator, "/v1/chat/completions", body)
+    assert post(simulator, "/v1/chat/completions", body).status == 200
+
+
+def test_invalid_json_directive_answers_200_with_broken_body(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:invalid_json:times=1] f"}]}
+    broken = post(simulator, "/v1/chat/completions", body)
+    assert broken.status == 200
+    with pytest.raises(json.JSONDecodeError):
+        broken.json()
+
+
+def test_latency_directive_delays_the_answer(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:latency=0.3] g"}]}
+    start = time.perf_counter()
+    assert post(simulator, "/v1/chat/completions", body).status == 200
+    assert time.perf_counter() - start >= 0.3
+
+
+def test_malformed_directive_is_400(simulator, post):
+    body = {"model": "m", "messages": [{"role": "user", "content": "[sim:explode] h"}]}
+    response = post(simulator, "/v1/chat/completions", body)
+    assert response.status == 400 and "explode" in response.json()["error"]["message"]
+
+
+def test_latency_grows_with_requested_tokens(post):
+    with Simulator(latency_s=0.0, latency_per_token_s=0.01) as sim:
+        start = time.perf_counter()
+        post(sim, "/v1/chat/completions", {"model": "m", "messages": [], "max_tokens": 30})
+        assert time.perf_counter() - start >= 0.3
+
+
+def test_random_faults_follow_the_rates(post):
+    with Simulator(latency_s=0, error_rate=1.0) as sim:
+        assert post(sim, "/v1/chat/completions", CHAT).status == 500
+    with Simulator(latency_s=0, drop_rate=1.0) as sim:
+        with pytest.raises(http.client.RemoteDisconnected):
+            post(sim, "/v1/chat/completions", CHAT)
+        assert sim.requests()[0]["fault"] == "drop"
+
+
+def test_request_log_records_each_request_in_arrival_order(post):
+    with Simulator(latency_s=0) as sim:
+        post(sim, "/v1/chat/completions", {**CHAT, "max_tokens": 12})
+        post(sim, "/openai/v1/embeddings", {"model": "e", "input": "hello"})
+        post(sim, "/v1/missing", CHAT)
+        first, second, third = sim.requests()
+        assert first["path"] == "/v1/chat/completions" and first["model"] == "sim-chat"
+        assert first["status"] == 200 and first["max_tokens"] == 12
+        assert first["body"] == {**CHAT, "max_tokens": 12}
+        assert first["prompt_tokens"] > 0 and first["t"] <= second["t"] <= third["t"]
+        assert (second["path"], second["model"]) == ("/openai/v1/embeddings", "e")
+        assert third["status"] == 404
+        sim.clear_log()
+        assert sim.requests() == []
+        post(sim, "/v1/chat/completions", CHAT)
+        assert len(sim.requests()) == 1
+
+
+def test_module_runs_as_a_command_and_serves_until_terminated(tmp_path):
+    command = [sys.executable, "-m", "turborun.simulator", "--port", "0", "--latency", "0",
+               "--limit", "m=60:1000", "--log", str(tmp_path / "log.jsonl")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request(
+            "POST", "/v1/chat/completions", json.dumps({"model": "m", "messages": []})
+        )
+        assert connection.getresponse().getheader("x-ratelimit-limit-tokens") == "1000"
+    finally:
+        process.terminate()
+    assert process.wait(5) == 0
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 1

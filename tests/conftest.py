@@ -12,6 +12,10 @@ import pytest
 
 from turborun.simulator import Simulator
 
+# The session simulator limits this model only (far above any test's use), so answers for
+# it carry x-ratelimit-* headers; every other model is unlimited and has none.
+LIMITED_MODEL = "sim-limited"
+
 
 @dataclass(frozen=True)
 class SimResponse:
@@ -38,8 +42,9 @@ def sim_post(sim: Simulator, path: str, body: Any, *, timeout_s: float = 10.0) -
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[Simulator]:
-    """One simulator (no latency, no limits) shared by the session; its log is shared too."""
-    with Simulator(latency_s=0.0) as sim:
+    """One simulator (no latency; limits only for LIMITED_MODEL) shared by the session; its
+    request log is shared too, so find your requests by content, not by position."""
+    with Simulator(latency_s=0.0, limits={LIMITED_MODEL: (1_000_000, 1_000_000_000)}) as sim:
         yield sim
 
 

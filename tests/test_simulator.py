@@ -11,6 +11,7 @@ import time
 import pytest
 
 from turborun.simulator import Simulator
+from turborun.simulator_limits import ModelLimit, format_duration
 
 PREFIXES = ["/v1", "/openai/v1"]
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "Hello simulator"}]}
@@ -295,3 +296,31 @@ def test_module_runs_as_a_command_and_serves_until_terminated(tmp_path):
         process.terminate()
     assert process.wait(5) == 0
     assert (tmp_path / "log.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.25, "250ms"), (1, "1s"), (1.5, "1.5s"), (5.289, "5.289s"), (360, "6m0s"),
+     (3723.5, "1h2m3.5s")],
+)  # fmt: skip
+def test_durations_are_formatted_like_the_providers(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_limit_never_admits_more_than_its_windows_allow():
+    limit = ModelLimit(rpm=600, tpm=None, daily=None, start=0.0)  # 10/s, 600/min
+    admitted = [t / 100 for t in range(12_000) if limit.admit(t / 100, 1) is None]  # 100/s
+    for i, t in enumerate(admitted):
+        later = admitted[i:]
+        assert sum(1 for u in later if u < t + 1.0) <= 10
+        assert sum(1 for u in later[:700] if u < t + 60.0) <= 600
+    assert len(admitted) == 1200  # both windows spent fully over 120 s
+
+
+def test_refusal_says_when_the_request_would_fit():
+    limit = ModelLimit(rpm=None, tpm=6000, daily=None, start=0.0)  # 100 tokens/s
+    assert limit.admit(0.0, 80) is None
+    refusal = limit.admit(0.5, 30)
+    assert refusal is not None and refusal.kind == "tokens"
+    assert refusal.retry_after_s == pytest.approx(0.5)
+    assert limit.admit(0.5 + refusal.retry_after_s, 30) is None

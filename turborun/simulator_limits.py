@@ -33,22 +33,31 @@ class Rejection:
 
 
 class _Window:
-    """Charges of the last ``span_s`` seconds: (arrival time, tokens), oldest first."""
+    """Charges of the last ``span_s`` seconds, oldest first, as [arrival, requests, tokens].
 
-    __slots__ = ("span_s", "max_requests", "max_tokens", "entries", "tokens")
+    Charges arriving within ``grain_s`` of a bucket's first arrival join that bucket (and
+    expire with it): memory and the scan behind a 429's wait stay bounded (span/grain
+    buckets) at thousands of requests/s, at the price of expiring up to one grain early.
+    """
+
+    __slots__ = ("span_s", "grain_s", "max_requests", "max_tokens", "entries", "count", "tokens")
 
     def __init__(self, span_s: float, max_requests: float | None, max_tokens: float | None):
         self.span_s = span_s
+        self.grain_s = span_s / 1000
         self.max_requests = max_requests
         self.max_tokens = max_tokens
-        self.entries: deque[tuple[float, int]] = deque()
+        self.entries: deque[list[float]] = deque()
+        self.count = 0
         self.tokens = 0
 
     def prune(self, now: float) -> None:
         entries = self.entries
         cutoff = now - self.span_s
         while entries and entries[0][0] <= cutoff:
-            self.tokens -= entries.popleft()[1]
+            _, count, tokens = entries.popleft()
+            self.count -= int(count)
+            self.tokens -= int(tokens)
 
     def _fits(self, count: int, tokens: int, cost: int) -> bool:
         if count == 0:
@@ -59,24 +68,29 @@ class _Window:
 
     def wait_s(self, now: float, cost: int) -> float:
         """0 if the request fits now, else the time until enough old charges expire."""
-        count, tokens = len(self.entries), self.tokens
+        count, tokens = self.count, self.tokens
         if self._fits(count, tokens, cost):
             return 0.0
-        for t, spent in self.entries:
-            count -= 1
-            tokens -= spent
+        for t, spent_requests, spent_tokens in self.entries:
+            count -= int(spent_requests)
+            tokens -= int(spent_tokens)
             if self._fits(count, tokens, cost):
                 return max(t + self.span_s - now, 0.001)
         return 0.001  # unreachable: an empty window always fits
 
     def blocking_kind(self, cost: int) -> str:
-        count = len(self.entries)
-        if count and self.max_requests is not None and count + 1 > self.max_requests:
+        if self.count and self.max_requests is not None and self.count + 1 > self.max_requests:
             return "requests"
         return "tokens"
 
     def charge(self, now: float, cost: int) -> None:
-        self.entries.append((now, cost))
+        entries = self.entries
+        if entries and now - entries[-1][0] < self.grain_s:
+            entries[-1][1] += 1
+            entries[-1][2] += cost
+        else:
+            entries.append([now, 1, cost])
+        self.count += 1
         self.tokens += cost
 
     def reset_s(self, now: float) -> float:
@@ -128,7 +142,7 @@ class ModelLimit:
         kind = window.blocking_kind(cost)
         per = "M" if window.span_s == 60.0 else "S"
         if kind == "requests":
-            limit, used, requested = window.max_requests or 0.0, len(window.entries), 1
+            limit, used, requested = window.max_requests or 0.0, window.count, 1
         else:
             limit, used, requested = window.max_tokens or 0.0, window.tokens, cost
         return Rejection(kind, wait, ("R" if kind == "requests" else "T") + "P" + per,
@@ -140,7 +154,7 @@ class ModelLimit:
         headers: list[tuple[str, str]] = []
         reset = format_duration(self.minute.reset_s(now))
         if self.rpm is not None:
-            remaining = max(int(self.rpm) - len(self.minute.entries), 0)
+            remaining = max(int(self.rpm) - self.minute.count, 0)
             headers += _triple("requests", int(self.rpm), remaining, reset)
         headers += self._token_headers(reset)
         return headers

@@ -102,8 +102,12 @@ class Providers:
             return openai.OpenAI(**kwargs)
         if provider == "groq":
             import groq
+            import httpx
 
-            return groq.Groq(**kwargs)
+            # groq's default pool (100 connections, 20 kept alive) would queue and churn
+            # connections under a process's threads: size it like openai's.
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+            return groq.Groq(http_client=groq.DefaultHttpxClient(limits=limits), **kwargs)
         raise ValueError(f"unknown provider {provider!r}")
 
     def _outcome_from_error(self, call: Call, error: Exception, latency_s: float) -> Outcome:

@@ -47,11 +47,19 @@ def seventeen() -> tuple[list[dict], dict[str, int]]:
     units = {f"S{i}": 1 for i in range(1, 5)}
     units |= {f"M{i}": 5 for i in range(1, 9)}
     units |= {"Gate": 1, "C1": 20, "C2": 15, "C3": 10, "End": 5}
-    deps = {"Gate": [f"S{i}" for i in range(1, 5)], "C1": ["Gate"], "C2": ["C1"],
-            "C3": ["C2"], "End": ["C3"]}
+    deps = {
+        "Gate": [f"S{i}" for i in range(1, 5)],
+        "C1": ["Gate"],
+        "C2": ["C1"],
+        "C3": ["C2"],
+        "End": ["C3"],
+    }
     # file order puts the long fan-out first, as a fifo-hostile file would
-    order = [f"S{i}" for i in range(1, 5)] + [f"M{i}" for i in range(1, 9)] + [
-        "Gate", "C1", "C2", "C3", "End"]
+    order = (
+        [f"S{i}" for i in range(1, 5)]
+        + [f"M{i}" for i in range(1, 9)]
+        + ["Gate", "C1", "C2", "C3", "End"]
+    )
     return [_task(c, units[c], deps.get(c, [])) for c in order], units
 
 
@@ -64,15 +72,17 @@ def random_dag(n: int, seed: int) -> tuple[list[dict], dict[str, int], float]:
         parents = rng.sample(range(max(0, i - 40), i), min(k, i))
         deps[f"n{i}"] = [f"n{p}" for p in parents]
     index = {f"n{i}": i for i in range(n)}
-    bound = longest_path([[index[d] for d in deps[f"n{i}"]] for i in range(n)],
-                         [units[f"n{i}"] for i in range(n)])
+    bound = longest_path(
+        [[index[d] for d in deps[f"n{i}"]] for i in range(n)], [units[f"n{i}"] for i in range(n)]
+    )
     tasks = [_task(c, units[c], deps[c]) for c in units]
     rng.shuffle(tasks)
     return tasks, units, bound
 
 
-def run(tasks: list[dict], workers: int, strategy: str, unit_s: float, sim: Simulator,
-        folder: Path) -> float:
+def run(
+    tasks: list[dict], workers: int, strategy: str, unit_s: float, sim: Simulator, folder: Path
+) -> float:
     config = Config(
         workers=workers,
         processes=min(2, workers),
@@ -96,9 +106,10 @@ def main() -> None:
     args = parser.parse_args()
     unit_s = args.unit_ms / 1000
     per_token = unit_s / TOKENS_PER_UNIT
-    with tempfile.TemporaryDirectory() as tmp, Simulator(
-        latency_s=0.0, latency_per_token_s=per_token
-    ) as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Simulator(latency_s=0.0, latency_per_token_s=per_token) as sim,
+    ):
         folder = Path(tmp)
         tasks, units = seventeen()
         print(f"17-task DAG, unit {args.unit_ms:.0f} ms, lower bound 52 units")
@@ -112,8 +123,10 @@ def main() -> None:
         tasks, units, bound = random_dag(args.nodes, args.seed)
         work = sum(units.values())
         lower = max(bound, work / 8)
-        print(f"random {args.nodes}-node DAG, 8 workers: critical path {bound:.0f} units, "
-              f"work/8 {work / 8:.1f} units, lower bound {lower:.1f}")
+        print(
+            f"random {args.nodes}-node DAG, 8 workers: critical path {bound:.0f} units, "
+            f"work/8 {work / 8:.1f} units, lower bound {lower:.1f}"
+        )
         for strategy in ("critical-path", "fifo"):
             span = run(tasks, 8, strategy, unit_s, sim, folder)
             print(f"  {strategy:>13}: makespan {span:6.1f} units, ratio {span / lower:.3f}")

@@ -35,8 +35,12 @@ def main() -> None:
         with path.open("w") as f:
             for i in range(args.tasks):
                 f.write(f'{{"custom_id": "n{i}", "fn": "bench_steps:noop"}}\n')
-        config = Config(workers=args.workers, processes=args.processes,
-                        checkpoint_dir=Path(tmp) / "ck", progress=False)
+        config = Config(
+            workers=args.workers,
+            processes=args.processes,
+            checkpoint_dir=Path(tmp) / "ck",
+            progress=False,
+        )
         started = time.perf_counter()
         result = execute_batch(path, config=config, handle_signals=False)
         wall = time.perf_counter() - started
@@ -44,8 +48,10 @@ def main() -> None:
         assert m.succeeded == args.tasks, m
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{args.tasks} no-op steps, {args.workers} workers in {args.processes} processes")
-        print(f"  whole run (load, validate, pool start, run, results file): {wall:.2f} s, "
-              f"{args.tasks / wall:,.0f} nodes/s")
+        print(
+            f"  whole run (load, validate, pool start, run, results file): {wall:.2f} s, "
+            f"{args.tasks / wall:,.0f} nodes/s"
+        )
         print(f"  supervisor loop: {m.makespan_s:.2f} s, {m.throughput:,.0f} nodes/s")
         print(f"  supervisor peak RSS: {rss_mib:.0f} MiB")
 

@@ -19,8 +19,11 @@ def _dir() -> Path:
 
 def echo(deps: dict[str, Any]) -> dict[str, Any]:
     """Return what the step received, so a test can check it."""
-    return {"deps": sorted(deps), "texts": {k: v["text"] for k, v in deps.items()},
-            "values": {k: v["value"] for k, v in deps.items()}}
+    return {
+        "deps": sorted(deps),
+        "texts": {k: v["text"] for k, v in deps.items()},
+        "values": {k: v["value"] for k, v in deps.items()},
+    }
 
 
 def answer(deps: dict[str, Any]) -> str:

@@ -106,8 +106,7 @@ def test_runner_futures_resolve_in_dependency_order(step_dir):
         third = run.submit({"fn": "steps:echo"}, depends_on=[second, first])
         for name, f in (("first", first), ("second", second), ("third", third)):
             f.add_done_callback(lambda _f, n=name: done.append(n))
-        assert third.result(timeout=30).body["deps"] == sorted(
-            [first.custom_id, second.custom_id])
+        assert third.result(timeout=30).body["deps"] == sorted([first.custom_id, second.custom_id])
     assert done == ["first", "second", "third"]
 
 

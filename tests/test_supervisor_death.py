@@ -23,14 +23,30 @@ def _alive(pid: int) -> bool:
 
 def test_workers_exit_within_5s_of_supervisor_sigkill(tmp_path):
     tasks = tmp_path / "slow.jsonl"
-    tasks.write_text("".join(
-        f'{{"custom_id": "s{i}", "fn": "steps:slow"}}\n' for i in range(8)))
-    env = {**os.environ, "STEP_DIR": str(tmp_path), "PYTHONPATH": f"{TESTS}:{ROOT}",
-           "TURBORUN_CHECKPOINT_DIR": str(tmp_path / "ck")}
+    tasks.write_text("".join(f'{{"custom_id": "s{i}", "fn": "steps:slow"}}\n' for i in range(8)))
+    env = {
+        **os.environ,
+        "STEP_DIR": str(tmp_path),
+        "PYTHONPATH": f"{TESTS}:{ROOT}",
+        "TURBORUN_CHECKPOINT_DIR": str(tmp_path / "ck"),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "turborun", "batch", str(tasks), "--workers", "4",
-         "--processes", "2", "--no-progress"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "turborun",
+            "batch",
+            str(tasks),
+            "--workers",
+            "4",
+            "--processes",
+            "2",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -1,10 +1,25 @@
-"""Config: flag > environment > .env in the working directory > configs/*.toml > default."""
+"""Config: flag > environment > .env in the working directory > configs/*.toml > default.
+
+``load_config`` reads every source once and returns a plain ``Config``; nothing
+is read at import and ``.env`` never goes into ``os.environ`` (so it never
+overrides the real environment, and two Runners never see each other's files).
+An invalid value is a ``ConfigError`` naming the variable and the value; an API
+key is never echoed (``require_keys``).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from turborun.exceptions import ConfigError
 
 DEFAULT_WORKERS = 120
 DEFAULT_MAX_RETRIES = 5
@@ -50,10 +65,337 @@ class Config:
 
     def limit_for(self, provider: str, model: str) -> Limit:
         """Effective configured limit of one bucket (fields None: learn them)."""
-        base = self.model_limits.get((provider, model)) or self.provider_limits.get(
-            provider, Limit()
+        # Field by field, the most specific source that gives a value wins: a model
+        # that configs/ lists with rpm only still takes its provider's tpm.
+        layers = (
+            self.override_limit,
+            self.model_limits.get((provider, model), Limit()),
+            self.provider_limits.get(provider, Limit()),
         )
         return Limit(
-            rpm=self.override_limit.rpm if self.override_limit.rpm is not None else base.rpm,
-            tpm=self.override_limit.tpm if self.override_limit.tpm is not None else base.tpm,
+            rpm=next((x.rpm for x in layers if x.rpm is not None), None),
+            tpm=next((x.tpm for x in layers if x.tpm is not None), None),
         )
+
+
+# Providers and their variables. A provider missing here takes no key (fn steps).
+KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "groq": "GROQ_API_KEY"}
+BASE_URL_VARIABLES = {"openai": "OPENAI_BASE_URL", "groq": "GROQ_BASE_URL"}
+CONFIGS_DIR = "configs"
+DOTENV_FILE = ".env"
+# Flag keys as the command line spells them (error messages name what the user typed).
+FLAG_NAMES = {
+    "workers": "--workers",
+    "processes": "--processes",
+    "strategy": "--strategy",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "max_retries": "--max-retries",
+    "timeout_s": "--timeout",
+    "checkpoint_dir": "checkpoint_dir",
+}
+_LIMIT_KEYS = ("rpm", "tpm")
+
+_Parser = Callable[[str, Any], Any]
+
+
+def _is_unset(raw: Any) -> bool:
+    # An empty variable (TURBORUN_WORKERS=) counts as unset, as most tools treat it.
+    return raw is None or (isinstance(raw, str) and raw.strip() == "")
+
+
+def _fail(label: str, raw: Any, what: str, where: str) -> ConfigError:
+    suffix = f" (in {where})" if where else ""
+    return ConfigError(label, str(raw), f"{label}={raw!r} {what}{suffix}")
+
+
+def _integer(label: str, raw: Any, minimum: int, what: str, where: str) -> int:
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or value < minimum:
+        raise _fail(label, raw, what, where)
+    return value
+
+
+def _positive_int(label: str, raw: Any, where: str = "") -> int:
+    return _integer(label, raw, 1, "is not a positive integer", where)
+
+
+def _non_negative_int(label: str, raw: Any, where: str = "") -> int:
+    return _integer(label, raw, 0, "is not a non-negative integer", where)
+
+
+def _positive_number(label: str, raw: Any, where: str = "") -> float:
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise _fail(label, raw, "is not a positive number", where)
+    return value
+
+
+def _strategy(label: str, raw: Any, where: str = "") -> str:
+    value = raw.strip().lower() if isinstance(raw, str) else None
+    if value not in STRATEGIES:
+        raise _fail(label, raw, f"is not one of {', '.join(STRATEGIES)}", where)
+    return value
+
+
+def _path(label: str, raw: Any, where: str = "") -> Path:
+    if not isinstance(raw, str | os.PathLike):
+        raise _fail(label, raw, "is not a path", where)
+    return Path(raw).expanduser()
+
+
+def _base_url(label: str, raw: Any, where: str = "") -> str:
+    value = str(raw).strip()
+    if not value.startswith(("http://", "https://")):
+        raise _fail(label, raw, "is not an http:// or https:// URL", where)
+    return value
+
+
+# name -> (environment variable, parser); configs' [defaults] table takes the same names.
+_SETTINGS: dict[str, tuple[str, _Parser]] = {
+    "workers": ("TURBORUN_WORKERS", _positive_int),
+    "processes": ("TURBORUN_PROCESSES", _positive_int),
+    "strategy": ("TURBORUN_STRATEGY", _strategy),
+    "max_retries": ("TURBORUN_MAX_RETRIES", _non_negative_int),
+    "timeout_s": ("TURBORUN_TIMEOUT_S", _positive_number),
+    "checkpoint_dir": ("TURBORUN_CHECKPOINT_DIR", _path),
+}
+
+
+@dataclass(slots=True)
+class _TomlConfig:
+    """What configs/*.toml give: [defaults], provider-wide and per-model limits."""
+
+    defaults: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (value, where)
+    provider_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_limits: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    flags: Mapping[str, Any]
+    environ: Mapping[str, str]
+    dotenv: Mapping[str, str | None]
+    dotenv_path: str
+    toml: _TomlConfig
+
+    def variable(self, name: str) -> tuple[Any, str] | None:
+        """(value, where) of an environment variable: the real environment first, then
+        .env; None when neither sets it."""
+        if not _is_unset(self.environ.get(name)):
+            return self.environ[name], ""
+        if not _is_unset(self.dotenv.get(name)):
+            return self.dotenv[name], self.dotenv_path
+        return None
+
+    def setting(self, name: str) -> Any:
+        """A setting by precedence, parsed; None when no source sets it."""
+        variable, parse = _SETTINGS[name]
+        flag = self.flags.get(name)
+        if flag is not None:
+            return parse(FLAG_NAMES[name], flag)
+        found = self.variable(variable)
+        if found is not None:
+            return parse(variable, found[0], found[1])
+        if name in self.toml.defaults:
+            value, where = self.toml.defaults[name]
+            return parse(f"defaults.{name}", value, where)
+        return None
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """The run's Config. ``flags``: workers, processes, strategy, rpm, tpm, max_retries,
+    timeout_s, checkpoint_dir, simulate, progress (None: not given). ``environ``:
+    os.environ by default; ``cwd``: where .env and configs/ are looked for."""
+    unknown = sorted(set(flags) - set(FLAG_NAMES) - {"simulate", "progress"})
+    if unknown:
+        raise ConfigError(unknown[0], None, f"unknown setting: {', '.join(unknown)}")
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    dotenv_path = cwd / DOTENV_FILE
+    sources = _Sources(
+        flags=flags,
+        environ=os.environ if environ is None else environ,
+        dotenv=dotenv_values(dotenv_path) if dotenv_path.is_file() else {},
+        dotenv_path=str(dotenv_path),
+        toml=_load_toml(cwd / CONFIGS_DIR),
+    )
+    config = Config()
+    for name in _SETTINGS:
+        value = sources.setting(name)
+        if value is not None:
+            setattr(config, name, value)
+    config.processes = min(config.processes, config.workers)  # clamped, not an error
+    config.override_limit = Limit(
+        rpm=_flag_limit(flags, "rpm"),
+        tpm=_flag_limit(flags, "tpm"),
+    )
+    config.provider_limits = _provider_limits(sources)
+    config.model_limits = {
+        key: Limit(rpm=limits.get("rpm"), tpm=limits.get("tpm"))
+        for key, limits in sources.toml.model_limits.items()
+    }
+    for provider, variable in KEY_VARIABLES.items():
+        found = sources.variable(variable)
+        raw = _raw_variable(sources, variable) if found is None else found[0]
+        if raw is not None:
+            config.api_keys[provider] = raw
+    for provider, variable in BASE_URL_VARIABLES.items():
+        found = sources.variable(variable)
+        if found is not None:
+            config.base_urls[provider] = _base_url(variable, found[0], found[1])
+    if flags.get("simulate") is not None:
+        config.simulate = bool(flags["simulate"])
+    if flags.get("progress") is not None:
+        config.progress = bool(flags["progress"])
+    return config
+
+
+def _raw_variable(sources: _Sources, variable: str) -> str | None:
+    """An API key set but empty is kept (require_keys calls it empty, rather than
+    missing); ``_Sources.variable`` treats empty as unset."""
+    for mapping in (sources.environ, sources.dotenv):
+        raw = mapping.get(variable)
+        if raw is not None:
+            return raw
+    return None
+
+
+def _flag_limit(flags: Mapping[str, Any], name: str) -> float | None:
+    raw = flags.get(name)
+    return None if raw is None else _positive_number(FLAG_NAMES[name], raw)
+
+
+def _provider_limits(sources: _Sources) -> dict[str, Limit]:
+    """TURBORUN_<PROVIDER>_RPM/TPM (environment, then .env), then configs' provider
+    tables (``[openai] rpm = ...``): the limit of that provider's unlisted models."""
+    limits: dict[str, Limit] = {}
+    for provider in KEY_VARIABLES:
+        values: dict[str, float | None] = {}
+        for key in _LIMIT_KEYS:
+            variable = f"TURBORUN_{provider.upper()}_{key.upper()}"
+            found = sources.variable(variable)
+            if found is not None:
+                values[key] = _positive_number(variable, found[0], found[1])
+            else:
+                values[key] = sources.toml.provider_limits.get(provider, {}).get(key)
+        if values["rpm"] is not None or values["tpm"] is not None:
+            limits[provider] = Limit(rpm=values["rpm"], tpm=values["tpm"])
+    return limits
+
+
+def _load_toml(folder: Path) -> _TomlConfig:
+    """Merge configs/*.toml in name order (a later file wins, key by key). Tables other
+    than [defaults] and the providers' are left alone: other parts of turborun may keep
+    their own settings in configs/ (and keys other than rpm/tpm in a model's table)."""
+    merged = _TomlConfig()
+    if not folder.is_dir():
+        return merged
+    for path in sorted(folder.glob("*.toml")):
+        where = f"{CONFIGS_DIR}/{path.name}"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(where, None, f"{where} is not valid TOML: {exc}") from None
+        _merge_toml(merged, data, where)
+    return merged
+
+
+def _merge_toml(merged: _TomlConfig, data: dict[str, Any], where: str) -> None:
+    for top, table in data.items():
+        if top == "defaults":
+            _merge_defaults(merged, table, where)
+        elif top in KEY_VARIABLES:
+            _merge_provider(merged, top, table, where)
+        elif isinstance(table, dict) and any(
+            isinstance(sub, dict) and any(k in sub for k in _LIMIT_KEYS) for sub in table.values()
+        ):
+            raise ConfigError(
+                f"{where}: {top}",
+                top,
+                f"{where}: [{top}.…] sets rate limits but {top!r} is not a provider "
+                f"(one of {', '.join(KEY_VARIABLES)})",
+            )
+
+
+def _merge_defaults(merged: _TomlConfig, table: Any, where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: defaults", str(table), f"{where}: defaults is not a table")
+    for name, value in table.items():
+        if name not in _SETTINGS:
+            raise ConfigError(
+                f"{where}: defaults.{name}",
+                str(value),
+                f"{where}: defaults.{name} is not a setting (one of {', '.join(_SETTINGS)})",
+            )
+        merged.defaults[name] = (value, where)
+
+
+def _merge_provider(merged: _TomlConfig, provider: str, table: Any, where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {provider}", str(table), f"{where}: {provider} is not a table")
+    for key, value in table.items():
+        if key in _LIMIT_KEYS:
+            label = f"{provider}.{key}"
+            parsed = _positive_number(label, value, where)
+            merged.provider_limits.setdefault(provider, {})[key] = parsed
+        elif isinstance(value, dict):
+            for limit in _LIMIT_KEYS:
+                if limit in value:
+                    label = f'{provider}."{key}".{limit}'
+                    parsed = _positive_number(label, value[limit], where)
+                    merged.model_limits.setdefault((provider, key), {})[limit] = parsed
+
+
+def require_keys(config: Config, providers: Iterable[str]) -> None:
+    """Every provider in use has a well-formed key. The error names the variable and the
+    problem, never the key (value None): messages end up in terminals and logs."""
+    for provider in sorted(set(providers)):
+        variable = KEY_VARIABLES.get(provider)
+        if variable is None:
+            continue
+        key = config.api_keys.get(provider)
+        if key is None:
+            raise ConfigError(
+                variable, None, f"{variable} is not set; the task file uses provider {provider}"
+            )
+        problem = key_problem(key)
+        if problem is not None:
+            raise ConfigError(variable, None, f"{variable} {problem}")
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with an API key, in words that do not reveal it; None: nothing.
+    A key with a stray newline or space otherwise surfaces as a misleading connection
+    error from the SDKs."""
+    if key == "":
+        return "is empty"
+    if "\n" in key or "\r" in key:
+        return "contains a line break"
+    if key != key.strip():
+        return "has leading or trailing whitespace"
+    if not key.isascii():
+        return "contains non-ASCII characters"
+    if not key.isprintable():
+        return "contains non-printable characters"
+    if any(c.isspace() for c in key):
+        return "contains whitespace"
+    return None

@@ -1,0 +1,132 @@
+"""The results file (SPEC §3): one line per task, in task-file order, in the OpenAI
+Batch API output format plus a ``turborun`` object.
+
+The file is rewritten whole and atomically (temp file in the same folder, fsync,
+os.replace), so a reader never sees half a file and an interrupted run still
+leaves a file that matches the journal: nodes that never finished get a
+``pending`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Container, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+PENDING = "pending"
+NOT_RUN = {"code": "not_run", "message": "not run yet: run again with --resume"}
+_WRITE_BUFFER = 1 << 20
+
+
+def result_line(
+    custom_id: str, entry: dict[str, Any] | None, *, run_name: str, resumed: bool
+) -> bytes:
+    """One line (with its newline) for ``custom_id``; ``entry`` None: never finished."""
+    if entry is None:
+        line: dict[str, Any] = {
+            "id": batch_request_id(run_name, custom_id),
+            "custom_id": custom_id,
+            "response": None,
+            "error": NOT_RUN,
+            "turborun": _turborun_part({"status": PENDING, "attempts": 0}, resumed=False),
+        }
+    else:
+        line = {
+            "id": batch_request_id(run_name, custom_id),
+            "custom_id": custom_id,
+            "response": _response(entry),
+            "error": None if entry.get("status") == "succeeded" else entry.get("error"),
+            "turborun": _turborun_part(entry, resumed=resumed),
+        }
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def batch_request_id(run_name: str, custom_id: str) -> str:
+    """Stable per (run, custom_id): a rewritten results file keeps its ids."""
+    digest = hashlib.sha256((run_name + custom_id).encode("utf-8", "surrogatepass"))
+    return "batch_req_" + digest.hexdigest()[:24]
+
+
+def _response(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The Batch API ``response``: for a success, and for a failure that got an HTTP
+    answer (its status and body); null for skips, timeouts, connection errors."""
+    status_code = entry.get("status_code")
+    if entry.get("status") != "succeeded" and status_code is None:
+        return None
+    return {
+        "status_code": status_code,
+        "request_id": entry.get("request_id"),
+        "body": entry.get("body"),
+    }
+
+
+def _turborun_part(entry: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
+    return {
+        "status": entry.get("status"),
+        "attempts": entry.get("attempts", 0),
+        "latency_s": entry.get("latency_s"),
+        "queued_s": entry.get("queued_s"),
+        "input_tokens": entry.get("input_tokens"),
+        "output_tokens": entry.get("output_tokens"),
+        "cost_usd": entry.get("cost_usd"),
+        "resumed": resumed,
+    }
+
+
+def write_results(
+    path: Path,
+    custom_ids: Iterable[str],
+    lookup: Callable[[str], dict[str, Any] | None],
+    *,
+    run_name: str,
+    resumed: Container[str],
+) -> dict[str, int]:
+    """Write one line per custom_id, in the given order, atomically replacing ``path``.
+    Returns the number of lines by status (``pending``: never finished)."""
+    path = Path(path)
+    counts: dict[str, int] = {}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as for any file the user makes
+    # (mkstemp would leave the results readable by their owner only).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
+            for custom_id in custom_ids:
+                entry = lookup(custom_id)
+                status = PENDING if entry is None else str(entry.get("status"))
+                counts[status] = counts.get(status, 0) + 1
+                out.write(
+                    result_line(custom_id, entry, run_name=run_name, resumed=custom_id in resumed)
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_folder(path.parent)
+    return counts
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def default_results_path(tasks_path: Path) -> Path:
+    """tasks.jsonl → tasks.results.jsonl beside it; any other name: name + .results.jsonl."""
+    tasks_path = Path(tasks_path)
+    name = tasks_path.name
+    stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+    return tasks_path.with_name(stem + ".results.jsonl")

@@ -309,6 +309,10 @@ class _Collector:
         self.deps: dict[str, tuple[str, ...]] = {}  # first appearance only, for cycles
         self.links: list[tuple[int, tuple[str, ...], set[str]]] = []  # line, deps, refs
         self.seen_any = False
+        self.strings: dict[str, str] = {}  # one copy of each url and model across tasks
+
+    def _shared(self, text: str) -> str:
+        return self.strings.setdefault(text, text)
 
     def problem(self, line: int, message: str) -> None:
         self.seen_any = True
@@ -363,8 +367,8 @@ class _Collector:
             line=line,
             provider=provider,
             method=method,
-            url=url,
-            model=model,
+            url=self._shared(url),
+            model=self._shared(model),
             depends_on=depends_on,
             priority=priority,
             fn=fn,
@@ -388,7 +392,7 @@ class _Collector:
                     self.problem(
                         line, f"unknown dependency {_show(dep)}: no task has this custom_id"
                     )
-            for ref in sorted(refs.intersection(self.first).difference(depends_on)):
+            for ref in sorted(r for r in refs if r in self.first and r not in depends_on):
                 message = f"template {{{{{ref}}}}} refers to a task that is not in depends_on"
                 self.problem(line, message)
         for cycle in _cycles(self.deps, self.first):

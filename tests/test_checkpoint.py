@@ -93,7 +93,7 @@ def test_journal_keeps_every_acknowledged_entry_when_its_writer_is_killed(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "journal"
-    for _trial in range(3):
+    for _trial in range(5):
         child = spawn(WRITER, str(directory))
         assert child.stdout is not None
         acknowledged = -1

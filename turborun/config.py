@@ -96,7 +96,7 @@ FLAG_NAMES = {
 }
 _LIMIT_KEYS = ("rpm", "tpm")
 
-_Parser = Callable[[str, Any], Any]
+_Parser = Callable[[str, Any, str], Any]
 
 
 def _is_unset(raw: Any) -> bool:
@@ -207,7 +207,7 @@ class _Sources:
         variable, parse = _SETTINGS[name]
         flag = self.flags.get(name)
         if flag is not None:
-            return parse(FLAG_NAMES[name], flag)
+            return parse(FLAG_NAMES[name], flag, "")
         found = self.variable(variable)
         if found is not None:
             return parse(variable, found[0], found[1])

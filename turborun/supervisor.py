@@ -127,6 +127,7 @@ class Supervisor:
         self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)  # drained until empty, never waited on
         self._accepting = False  # Runner: more tasks may come
         self._stop_requested = threading.Event()
         self._stop_deadline: float | None = None
@@ -194,10 +195,11 @@ class Supervisor:
                     self._skip([node], "a dependency had already failed")
 
     def _extend(self, tasks: list[Task]) -> None:
+        first = len(self.tasks)
+        for offset, task in enumerate(tasks):  # index first: a file may name later lines
+            self.index[task.custom_id] = first + offset
         for task in tasks:
-            node = len(self.tasks)
             self._deps.append(tuple(self.index[d] for d in task.depends_on))
-            self.index[task.custom_id] = node
             self.tasks.append(task)
             self._attempts.append(0)
             self._cost.append(0)

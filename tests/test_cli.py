@@ -69,9 +69,16 @@ def results(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def sim_log(sim: Simulator) -> list[dict[str, Any]]:
+    """The simulator's request log, complete lines only: polled while the server
+    appends, the last line may be half-written (Simulator.requests() would raise)."""
+    data = Path(sim.log_path).read_bytes() if sim.log_path else b""
+    return [orjson.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines() if x.strip()]
+
+
 def sent(sim: Simulator, tag: str) -> list[str]:
     out = []
-    for entry in sim.requests():
+    for entry in sim_log(sim):
         messages = (entry.get("body") or {}).get("messages") or []
         content = messages[-1].get("content") if messages else None
         if isinstance(content, str) and content.startswith(f"{tag}:"):

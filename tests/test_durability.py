@@ -92,11 +92,18 @@ def write_tasks(path: Path, tasks: list[dict]) -> Path:
     return path
 
 
+def sim_log(sim: Simulator) -> list[dict[str, Any]]:
+    """The simulator's request log, complete lines only: polled while the server
+    appends, the last line may be half-written (Simulator.requests() would raise)."""
+    data = Path(sim.log_path).read_bytes() if sim.log_path else b""
+    return [orjson.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines() if x.strip()]
+
+
 def receipts(sim: Simulator, tag: str) -> Counter[str]:
     """Requests the simulator received per custom_id, for tasks of ``tag``."""
     pattern = re.compile(rf"^{re.escape(tag)}:(\S+)")
     counts: Counter[str] = Counter()
-    for entry in sim.requests():
+    for entry in sim_log(sim):
         body = entry.get("body") or {}
         messages = body.get("messages") or []
         content = messages[-1].get("content") if messages else None
@@ -108,7 +115,7 @@ def receipts(sim: Simulator, tag: str) -> Counter[str]:
 
 def prompts(sim: Simulator, tag: str, cid: str) -> list[str]:
     out = []
-    for entry in sim.requests():
+    for entry in sim_log(sim):
         messages = (entry.get("body") or {}).get("messages") or []
         content = messages[-1].get("content") if messages else None
         if isinstance(content, str) and content.startswith(f"{tag}:{cid} "):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -57,8 +58,15 @@ def line(tag: str, cid: str | None, **keys: object) -> bytes:
     return orjson.dumps(obj)
 
 
+def sim_log(sim: Simulator) -> list[dict[str, Any]]:
+    """The simulator's request log, complete lines only: polled while the server
+    appends, the last line may be half-written (Simulator.requests() would raise)."""
+    data = Path(sim.log_path).read_bytes() if sim.log_path else b""
+    return [orjson.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines() if x.strip()]
+
+
 def sent(sim: Simulator, tag: str) -> int:
-    return sum(1 for entry in sim.requests() if tag in orjson.dumps(entry.get("body")).decode())
+    return sum(1 for entry in sim_log(sim) if tag in orjson.dumps(entry.get("body")).decode())
 
 
 def assert_refused_and_nothing_sent(

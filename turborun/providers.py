@@ -68,6 +68,13 @@ class Providers:
             return self._outcome_from_error(call, error, time.perf_counter() - start)
         return _outcome_from_response(call, response, time.perf_counter() - start)
 
+    def warm_up(self) -> None:
+        """Build the clients of every provider with a key now, at process start, so
+        the first requests of a run do not wait for SDK imports and client set-up."""
+        for provider in ("openai", "groq"):
+            if self._api_keys.get(provider):
+                self._client(provider)
+
     def _post(self, call: Call) -> Any:
         client = self._client(call.provider)
         path = _provider_path(call.provider, call.url)

@@ -46,6 +46,7 @@ def worker_main(settings: WorkerSettings, calls: Connection, outcomes: Connectio
     from turborun.providers import Providers  # after start: clients belong to this process
 
     providers = Providers(settings.api_keys, settings.base_urls, settings.timeout_s)
+    providers.warm_up()  # before the hello: a run's clock starts with clients ready
     inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
     outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
     parent = os.getppid()

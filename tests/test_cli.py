@@ -129,11 +129,6 @@ def test_all_succeeded_exits_0_and_results_follow_the_batch_api_shape(
     assert "openai/sim-cli" in done.stdout  # the per-model summary row
 
 
-@pytest.mark.xfail(
-    reason="product bug: Supervisor._extend (turborun/supervisor.py:199) looks up "
-    "self.index[d] before later tasks are indexed: KeyError traceback",
-    strict=False,
-)
 def test_dependency_may_come_later_in_the_file(tmp_path: Path, simulator: Simulator) -> None:
     tag = uuid.uuid4().hex
     tasks = [task(tag, "child", "{{parent}}", depends_on=["parent"]), task(tag, "parent")]

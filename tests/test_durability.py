@@ -252,13 +252,6 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_resends_no_journaled_task
 # ---- 2. Ctrl-C ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="product bug: the supervisor's wakeup pipe read end is blocking "
-    "(turborun/supervisor.py:128-129 set only _wake_w non-blocking), so "
-    "_drain_wakeups (supervisor.py:289) blocks in os.read after the first wake(): "
-    "the first Ctrl-C (request_stop -> wake) hangs the run",
-    strict=False,
-)
 def test_ctrl_c_journals_in_flight_work_prints_resume_command_and_exits_130(
     tmp_path: Path, slow_sim: Simulator
 ) -> None:

@@ -1,0 +1,135 @@
+"""Prices per (provider, model) from configs/pricing.toml, and the cost of one answer.
+
+Prices are USD per million tokens: ``input``, ``cached_input`` (prompt tokens served
+from the provider's cache; absent: billed as input) and ``output``. Files load in
+order and a later file replaces an earlier one's entry for the same model, so a
+working directory's ``configs/pricing.toml`` overrides the one shipped with turborun.
+An unknown model or unknown usage costs None, never 0: a summary must not pass off
+"we do not know" as "free".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turborun.exceptions import ConfigError
+
+PRICING_FILE = Path("configs") / "pricing.toml"
+PER_TOKENS = 1_000_000
+# Dated snapshots: gpt-4o-mini-2024-07-18, gpt-4-0613, o3-mini-20250131 -> base model.
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+_FIELDS = ("input", "cached_input", "output")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None  # None: cached prompt tokens cost ``input``
+
+
+class Pricing:
+    def __init__(self, prices: Mapping[tuple[str, str], Price] | None = None) -> None:
+        self._prices: dict[tuple[str, str], Price] = dict(prices or {})
+
+    @classmethod
+    def load(cls, paths: Iterable[Path]) -> Pricing:
+        """Merge pricing files in order (later wins per model); missing files are skipped.
+        A malformed file is a ConfigError naming it."""
+        prices: dict[tuple[str, str], Price] = {}
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                continue
+            prices.update(_read(path))
+        return cls(prices)
+
+    @classmethod
+    def default_paths(cls, cwd: Path) -> list[Path]:
+        """The pricing.toml shipped beside the package, then the working directory's."""
+        import turborun
+
+        shipped = Path(turborun.__file__).resolve().parent.parent / PRICING_FILE
+        return [shipped, Path(cwd) / PRICING_FILE]
+
+    def price(self, provider: str, model: str) -> Price | None:
+        found = self._prices.get((provider, model))
+        if found is None:
+            base = _DATE_SUFFIX.sub("", model)
+            if base != model:
+                found = self._prices.get((provider, base))
+        return found
+
+    def cost_usd(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached_tokens: int | None = 0,
+    ) -> float | None:
+        """USD of one answer's usage; None for an unknown model or when the answer
+        reported no usage. ``input_tokens`` includes ``cached_tokens`` (as OpenAI and
+        Groq report them); an answer without output tokens (embeddings) costs its input."""
+        price = self.price(provider, model)
+        if price is None or input_tokens is None:
+            return None
+        cached = min(max(cached_tokens or 0, 0), input_tokens)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        usd = (
+            (input_tokens - cached) * price.input
+            + cached * cached_price
+            + (output_tokens or 0) * price.output
+        )
+        return usd / PER_TOKENS
+
+
+def _read(path: Path) -> dict[tuple[str, str], Price]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _error(path, f"cannot be read: {exc}") from None
+    prices: dict[tuple[str, str], Price] = {}
+    for provider, models in data.items():
+        if not isinstance(models, dict):
+            raise _error(path, f"{provider} is not a table of models")
+        for model, entry in models.items():
+            prices[(provider, model)] = _price(path, f'{provider}."{model}"', entry)
+    return prices
+
+
+def _price(path: Path, label: str, entry: Any) -> Price:
+    if not isinstance(entry, dict):
+        raise _error(path, f"{label} is not a table (input, cached_input, output)")
+    unknown = sorted(set(entry) - set(_FIELDS))
+    if unknown:
+        raise _error(path, f"{label}: unknown key {unknown[0]} (expected {', '.join(_FIELDS)})")
+    values: dict[str, float] = {}
+    for key in _FIELDS:
+        if key not in entry:
+            continue
+        value = entry[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise _error(path, f"{label}.{key} = {value!r} is not a price (USD per 1M tokens)")
+        values[key] = float(value)
+    for key in ("input", "output"):
+        if key not in values:
+            raise _error(path, f"{label} has no {key} price")
+    return Price(values["input"], values["output"], values.get("cached_input"))
+
+
+def _error(path: Path, problem: str) -> ConfigError:
+    return ConfigError(str(path), None, f"{path}: {problem}")

@@ -10,17 +10,18 @@ Pacing. Providers enforce per-minute limits over short windows too (a 6,000 RPM
 limit acts as 100 requests in any second), so a bucket must never send a minute's
 worth at once. Two mechanisms, per dimension (requests and tokens):
 
-* GCRA (virtual scheduling) at ``limit/60 * (1 - MARGIN)`` per second spreads
-  sends evenly: a request waits until its whole cost fits the schedule. A burst
-  tolerance of ``BURST_S`` keeps the milliseconds a late wake-up would otherwise lose
-  forever (the schedule, not the wake-up time, sets the next slot).
-* Sliding-window logs, the hard guarantee GCRA alone lacks (it may overrun a window
-  by one request's cost): at most ``limit/60`` in any ``1/(1 - MARGIN)`` s and at
-  most ``limit`` in any ``60/(1 - MARGIN)`` s. The margin is time rather than count,
-  so it also holds for small limits (10 RPM: ten requests per 1.02 s, not nine per
-  second), and it absorbs ~20 ms of jitter between our send and the provider's clock.
-  A request always fits an empty window, so one larger than a window's cap still goes,
-  alone.
+* GCRA (virtual scheduling) at ``limit/60 * (1 - MARGIN)`` per second spreads sends
+  evenly: a request waits until its whole cost fits the schedule. A small burst
+  tolerance (``REQUEST_BURST_S``, ``TOKEN_BURST_S``) keeps the milliseconds a late
+  wake-up would otherwise lose forever (the schedule, not the wake-up, sets the next
+  slot).
+* Sliding-window logs, the hard guarantee GCRA alone lacks (it may overrun a window by
+  one request's cost): at most ``limit/60`` in any ``1/(1 - WINDOW_MARGIN)`` s and at
+  most ``limit`` in any ``60/(1 - WINDOW_MARGIN)`` s. The margin is time rather than
+  count, so it also holds for small limits (10 RPM: ten requests per 1.02 s, not nine
+  per second), and it absorbs ~20 ms of jitter between our send and the provider's
+  clock. A request always fits an empty window, so one larger than a window's cap
+  still goes, alone.
 
 Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus the
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
@@ -46,11 +47,15 @@ from turborun.records import (
 )
 
 MARGIN = 0.02  # pace at 98 % of a limit; windows are 2 % longer than the provider's
-# GCRA tolerance: a late wake-up (or a wait the windows imposed) of up to 100 ms is caught
-# up instead of lost. The windows below still cap any burst at a second's share, and a
-# smaller tolerance costs throughput on mixed costs (TPM-bound, max_tokens 50-2,000:
-# 0.946 of the limit at 20 ms, 0.955 at 100 ms in the fake-clock simulation).
-BURST_S = 0.1
+# GCRA tolerance: a late wake-up (or a wait the windows imposed) of up to this much is
+# caught up instead of lost. The windows below cap what it can add to any second. Kept
+# small for requests: a larger one lets the schedule run ahead into the window cap, whose
+# expiries then echo the first burst every second. Larger for tokens, where mixed costs
+# make the windows bind anyway (TPM-bound, max_tokens 50-2,000, fake-clock simulation:
+# 0.946 of the limit at 20 ms, 0.957 at 100 ms).
+REQUEST_BURST_S = 0.02
+TOKEN_BURST_S = 0.1
+WINDOW_MARGIN = MARGIN  # windows 2 % longer than the provider's: ~20 ms of jitter absorbed
 # Reserved output of a request that names no max_tokens: OpenAI charges the request's
 # own estimate then, and the simulator 16 tokens (the OpenAI cookbook reserves 15).
 # A bucket whose successes report no output tokens (embeddings) reserves none.
@@ -137,17 +142,18 @@ def _fits(requests: float, tokens: float, max_requests: float | None,
 class _Pace:
     """GCRA for one dimension: ``tat`` is the theoretical time the sends so far are paid
     for. A request of increment ``cost/rate`` may go when ``tat + increment`` is at most
-    ``BURST_S`` ahead of now."""
+    ``burst_s`` ahead of now."""
 
-    __slots__ = ("tat",)
+    __slots__ = ("tat", "burst_s")
 
-    def __init__(self) -> None:
+    def __init__(self, burst_s: float) -> None:
         self.tat = -_INF
+        self.burst_s = burst_s
 
     def ready_at(self, rate_per_s: float | None, cost: float) -> float:
         if rate_per_s is None:
             return -_INF
-        return self.tat + cost / rate_per_s - BURST_S
+        return self.tat + cost / rate_per_s - self.burst_s
 
     def spend(self, now: float, rate_per_s: float | None, cost: float) -> None:
         if rate_per_s is None:
@@ -228,10 +234,10 @@ class Bucket:
         self._probe_in_flight = False
         self._hold_until = -_INF  # retry-after, or a per-minute limit at remaining 0
         self._park_until = -_INF  # an exhausted daily quota
-        self._request_pace = _Pace()
-        self._token_pace = _Pace()
-        self._second = _Window(1.0 / (1.0 - MARGIN))
-        self._minute = _Window(60.0 / (1.0 - MARGIN))
+        self._request_pace = _Pace(REQUEST_BURST_S)
+        self._token_pace = _Pace(TOKEN_BURST_S)
+        self._second = _Window(1.0 / (1.0 - WINDOW_MARGIN))
+        self._minute = _Window(60.0 / (1.0 - WINDOW_MARGIN))
         self._estimated_sum = 0.0
         self._actual_sum = 0.0
         self._produces_output: bool | None = False if "embed" in model.lower() else None
@@ -333,12 +339,13 @@ class Bucket:
         attempt, the bucket stays parked until the quota resets."""
         now = self._clock()
         self.in_flight = max(0, self.in_flight - 1)
+        stale = self._slow_stale > 0  # sent before the last slow-down took effect
         self._slow_stale = max(0, self._slow_stale - 1)
         self._learn_headers(outcome.rate_headers, now)
         quota = False
         if outcome.error_kind == RATE_LIMITED:
             self.rate_limited += 1
-            quota = self._on_rate_limited(outcome, now)
+            quota = self._on_rate_limited(outcome, now, stale)
         elif outcome.ok:
             self._reconcile(outcome, prompt_tokens, now)
             self._recover(now)
@@ -378,7 +385,7 @@ class Bucket:
     def _park(self, wait_s: float | None, now: float) -> None:
         self._park_until = max(self._park_until, now + (wait_s or DEFAULT_PARK_S))
 
-    def _on_rate_limited(self, outcome: Outcome, now: float) -> bool:
+    def _on_rate_limited(self, outcome: Outcome, now: float, stale: bool) -> bool:
         message = _LimitMessage.parse(outcome.error_message or "")
         retry_after_s = outcome.retry_after_s
         wait_s = retry_after_s if retry_after_s is not None else message.wait_s
@@ -390,7 +397,7 @@ class Bucket:
             self._park(wait_s if wait_s is not None else reset, now)
             return True
         learned = self._learn_from_message(message) or self._learn_from_traffic(message, now)
-        if not learned and self._slow_stale == 0:
+        if not learned and not stale:
             self._pace_factor = max(MIN_PACE, self._pace_factor * SLOWDOWN)
             self._slow_stale = self.in_flight  # their fate was sealed before this slow-down
         self._last_recovery = now

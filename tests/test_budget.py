@@ -1,0 +1,500 @@
+"""Budget: pacing, learning, 429 slow-down, daily parking, circuit breaker. Pure logic
+with a fake clock (no sleeping); the simulator's own limit windows
+(turborun.simulator_limits.ModelLimit) judge whether a pace would draw 429s."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from turborun.budget import (
+    DEFAULT_OUTPUT_RESERVATION,
+    Bucket,
+    Budget,
+    parse_reset,
+    retry_delay_s,
+)
+from turborun.config import Limit
+from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
+from turborun.simulator_limits import ModelLimit
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_budget(
+    limits: dict[tuple[str, str], Limit] | None = None, **kwargs: float
+) -> tuple[Budget, FakeClock]:
+    clock = FakeClock()
+    table = limits or {}
+    budget = Budget(lambda p, m: table.get((p, m), Limit()), clock=clock, **kwargs)  # type: ignore[arg-type]
+    return budget, clock
+
+
+def ok(headers: dict[str, str] | None = None, **usage: int) -> Outcome:
+    return Outcome("q", 1, 200, None, None, None, rate_headers=headers or {}, **usage)
+
+
+def rate_limited(
+    retry_after_s: float | None = 1.0, message: str = "", headers: dict[str, str] | None = None
+) -> Outcome:
+    return Outcome("q", 1, 429, RATE_LIMITED, message, retry_after_s, rate_headers=headers or {})
+
+
+def failure(kind: str = SERVER_ERROR) -> Outcome:
+    status = {SERVER_ERROR: 500, CLIENT_ERROR: 400, RATE_LIMITED: 429}.get(kind)
+    return Outcome("q", 1, status, kind, "boom", None)
+
+
+def send_now(bucket: Bucket, clock: FakeClock, tokens: int = 10) -> None:
+    assert bucket.ready_at(tokens) <= clock.now
+    bucket.spend(tokens)
+
+
+@dataclass
+class Run:
+    sends: list[tuple[float, int]] = field(default_factory=list)
+    rejected: int = 0
+
+    def max_in_window(self, span_s: float) -> tuple[int, int]:
+        """Most requests and tokens sent within any half-open window of ``span_s``."""
+        times = [t for t, _ in self.sends]
+        totals = [0]
+        for _, cost in self.sends:
+            totals.append(totals[-1] + cost)
+        most_requests = most_tokens = 0
+        for j, t in enumerate(times):
+            i = bisect.bisect_right(times, t - span_s)
+            most_requests = max(most_requests, j + 1 - i)
+            most_tokens = max(most_tokens, totals[j + 1] - totals[i])
+        return most_requests, most_tokens
+
+    def per_minute(self, skip_s: float = 1.0) -> tuple[float, float]:
+        """Requests and tokens per minute after the first ``skip_s`` seconds."""
+        start = self.sends[0][0] + skip_s
+        steady = [(t, c) for t, c in self.sends if t >= start]
+        span_s = steady[-1][0] - steady[0][0]
+        return (len(steady) - 1) / span_s * 60, sum(c for _, c in steady[1:]) / span_s * 60
+
+
+def drive(
+    limit: Limit,
+    cost: Callable[[random.Random], int],
+    duration_s: float,
+    *,
+    lateness_s: float = 0.003,
+    latency_s: float = 0.5,
+    seed: int = 7,
+) -> Run:
+    """A supervisor in miniature: ask ready_at, wake up to ``lateness_s`` late, spend,
+    settle each request ``latency_s`` later; the simulator's windows judge each send."""
+    rng = random.Random(seed)
+    budget, clock = make_budget({("openai", "m"): limit})
+    bucket = budget.bucket("openai", "m")
+    judge = ModelLimit(limit.rpm, limit.tpm, None, clock.now)
+    run = Run()
+    pending: list[float] = []
+    end = clock.now + duration_s
+    tokens = bucket.cost(0, cost(rng))
+    while clock.now < end:
+        while pending and pending[0] <= clock.now:
+            pending.pop(0)
+            bucket.settle(ok(), 0, 0)
+        at = bucket.ready_at(tokens)
+        if at > clock.now:
+            clock.now = (pending[0] if at == math.inf else at) + rng.uniform(0, lateness_s)
+            continue
+        bucket.spend(tokens)
+        run.sends.append((clock.now, tokens))
+        run.rejected += judge.admit(clock.now, tokens) is not None
+        pending.append(clock.now + latency_s)
+        tokens = bucket.cost(0, cost(rng))
+    return run
+
+
+# ---- pacing ---------------------------------------------------------------------------
+
+
+def test_requests_are_paced_evenly_at_6000_rpm_despite_late_wakeups() -> None:
+    run = drive(Limit(rpm=6000, tpm=10**12), lambda rng: 10, duration_s=30)
+    most_requests, _ = run.max_in_window(1.0)
+    assert most_requests <= 6000 / 60
+    steady = Run([send for send in run.sends if send[0] >= run.sends[0][0] + 1.0])
+    assert steady.max_in_window(0.1)[0] <= 6000 / 600 + 3  # spread within the second too
+    rpm, _ = run.per_minute()
+    assert rpm >= 0.97 * 6000
+    assert run.rejected == 0
+
+
+@pytest.mark.parametrize("rpm", [30, 600, 60_000])
+def test_pacing_draws_no_429_at_small_and_large_limits(rpm: int) -> None:
+    run = drive(Limit(rpm=rpm, tpm=10**12), lambda rng: 10, duration_s=10 if rpm > 1000 else 130)
+    assert run.rejected == 0
+    assert run.max_in_window(1.0)[0] <= max(1, rpm / 60)
+    assert run.per_minute(skip_s=2.0)[0] >= 0.97 * rpm
+
+
+def test_tpm_bound_mix_spends_at_least_95_percent_without_429() -> None:
+    tpm = 2_000_000
+    run = drive(Limit(rpm=10_000, tpm=tpm), lambda rng: 50 + rng.randint(50, 2000), 60)
+    _, most_tokens = run.max_in_window(1.0)
+    assert most_tokens <= tpm / 60
+    _, tokens_per_min = run.per_minute()
+    assert tokens_per_min >= 0.95 * tpm
+    assert run.rejected == 0
+
+
+def test_request_larger_than_a_second_of_tokens_goes_alone() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=1000, tpm=6000)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock, 50)
+    at = bucket.ready_at(500)  # a second's worth is 100 tokens
+    assert clock.now < at < math.inf
+    clock.now = at
+    send_now(bucket, clock, 500)
+    assert bucket.ready_at(10) > clock.now + 1.0  # nothing shares its second
+
+
+def test_late_wakeup_is_not_lost() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=6000, tpm=10**12)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(200):
+        clock.now = max(clock.now, bucket.ready_at(1)) + 0.002  # always 2 ms late
+        bucket.spend(1)
+    start = clock.now
+    for _ in range(980):
+        clock.now = max(clock.now, bucket.ready_at(1)) + 0.002
+        bucket.spend(1)
+    assert clock.now - start <= 10.0 * 1.01  # 98 a second, the lateness caught up
+
+
+# ---- learning -------------------------------------------------------------------------
+
+
+OPENAI_HEADERS = {
+    "x-ratelimit-limit-requests": "600",
+    "x-ratelimit-remaining-requests": "599",
+    "x-ratelimit-reset-requests": "100ms",
+    "x-ratelimit-limit-tokens": "60000",
+    "x-ratelimit-remaining-tokens": "59990",
+    "x-ratelimit-reset-tokens": "10ms",
+}
+GROQ_HEADERS = {
+    "x-ratelimit-limit-requests": "14400",
+    "x-ratelimit-remaining-requests": "14399",
+    "x-ratelimit-reset-requests": "6s",
+    "x-ratelimit-limit-tokens": "6000",
+    "x-ratelimit-remaining-tokens": "5990",
+    "x-ratelimit-reset-tokens": "100ms",
+}
+
+
+def test_unknown_limit_sends_one_probe_then_learns_openai_headers() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "gpt-4o-mini")
+    assert bucket.state() == "learning"
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) == math.inf  # one probe at a time
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)
+    assert (bucket.rpm, bucket.tpm) == (600, 60000)
+    assert bucket.state() == "ok"
+    assert bucket.ready_at(10) < math.inf
+
+
+def test_groq_request_headers_count_per_day_not_per_minute() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("groq", "llama-3.1-8b-instant")
+    send_now(bucket, clock)
+    bucket.settle(ok(GROQ_HEADERS), 10, 5)
+    assert bucket.tpm == 6000
+    assert bucket.rpm is None  # 14,400 is a daily quota, not requests per minute
+    assert bucket.daily_requests == 14400
+
+
+def test_groq_per_minute_requests_are_learned_from_a_429() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("groq", "llama-3.1-8b-instant")
+    send_now(bucket, clock)
+    bucket.settle(ok(GROQ_HEADERS), 10, 5)
+    send_now(bucket, clock)
+    message = (
+        "Rate limit reached for model `llama-3.1-8b-instant` in organization `org_x` service "
+        "tier `on_demand` on requests per minute (RPM): Limit 30, Used 30, Requested 1. "
+        "Please try again in 2s."
+    )
+    assert bucket.settle(rate_limited(2.0, message, GROQ_HEADERS), 10, 5) is False
+    assert bucket.rpm == 30
+    assert bucket.ready_at(10) >= clock.now + 2.0
+
+
+def test_groq_429_without_a_limit_in_its_message_learns_from_traffic() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("groq", "llama-3.1-8b-instant")
+    send_now(bucket, clock)
+    bucket.settle(ok(GROQ_HEADERS), 10, 5)
+    for _ in range(40):
+        bucket.spend(10)
+    bucket.settle(rate_limited(1.0, "Too many requests", GROQ_HEADERS), 10, 5)
+    assert bucket.rpm is not None and bucket.rpm < 41
+
+
+def test_answer_without_headers_means_unlimited() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "local-model")
+    send_now(bucket, clock)
+    bucket.settle(ok(), 10, 5)
+    assert (bucket.rpm, bucket.tpm) == (None, None)
+    for _ in range(1000):
+        send_now(bucket, clock)
+
+
+def test_probe_without_an_answer_probes_again() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(failure(TIMEOUT), 10, 5)
+    assert bucket.state() == "learning"
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) == math.inf
+
+
+def test_configured_limit_is_never_raised_by_headers() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=100, tpm=1000)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)
+    assert (bucket.rpm, bucket.tpm) == (100, 1000)
+
+
+def test_remaining_zero_holds_until_reset() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=6000, tpm=10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    headers = dict(OPENAI_HEADERS, **{"x-ratelimit-remaining-tokens": "0"})
+    headers["x-ratelimit-reset-tokens"] = "1.5s"
+    bucket.settle(ok(headers), 10, 5)
+    assert bucket.ready_at(10) == pytest.approx(clock.now + 1.5)
+
+
+# ---- 429s ---------------------------------------------------------------------------
+
+
+def test_429_slows_only_that_bucket_and_respects_retry_after() -> None:
+    limits = {("openai", "a"): Limit(600, 10**9), ("openai", "b"): Limit(600, 10**9)}
+    budget, clock = make_budget(limits)
+    a, b = budget.bucket("openai", "a"), budget.bucket("openai", "b")
+    send_now(a, clock)
+    assert a.settle(rate_limited(retry_after_s=3.0), 10, 5) is False
+    assert a.rate_limited == 1
+    assert a.rpm is not None and a.rpm < 600
+    assert a.ready_at(10) >= clock.now + 3.0
+    assert a.state() == "slowed"
+    assert b.rpm == 600 and b.ready_at(10) <= clock.now and b.state() == "ok"
+
+
+def test_slowdown_recovers_with_successes() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(600, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(rate_limited(0.5), 10, 5)
+    slowed = bucket.rpm
+    assert slowed is not None
+    for _ in range(800):  # 60 s and more at the slowed pace
+        clock.now = max(clock.now, bucket.ready_at(10))
+        bucket.spend(10)
+        bucket.settle(ok(), 10, 5)
+    assert bucket.rpm == 600
+    assert bucket.state() == "ok"
+
+
+def test_429s_of_requests_already_in_flight_slow_down_once() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(600, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(5):
+        bucket.spend(10)
+    for _ in range(5):
+        bucket.settle(rate_limited(0.1), 10, 5)
+    assert bucket.rpm == pytest.approx(600 * 0.8)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "provider"),
+    [
+        (rate_limited(3600.0), "openai"),
+        (rate_limited(5.0, "Limit 14400, Used 14400 on requests per day (RPD)"), "groq"),
+        (
+            rate_limited(
+                5.0, headers=dict(GROQ_HEADERS, **{"x-ratelimit-remaining-requests": "0"})
+            ),
+            "groq",
+        ),  # fmt: skip
+    ],
+)
+def test_daily_quota_429_parks_the_bucket_and_returns_true(outcome: Outcome, provider: str) -> None:
+    budget, clock = make_budget({(provider, "m"): Limit(600, 10**9)})
+    bucket = budget.bucket(provider, "m")
+    send_now(bucket, clock)
+    assert bucket.settle(outcome, 10, 5) is True
+    assert bucket.state() == "parked"
+    assert bucket.rpm == 600  # no slow-down: the pace was not at fault
+    park = bucket.ready_at(10)
+    assert park >= clock.now + (outcome.retry_after_s or 0)
+    clock.now = park
+    assert bucket.ready_at(10) <= clock.now
+
+
+# ---- circuit breaker -------------------------------------------------------------------
+
+
+def test_breaker_opens_probes_once_and_closes_on_success() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=3)
+    bucket = budget.bucket("openai", "m")
+    for _ in range(3):
+        send_now(bucket, clock)
+        bucket.settle(failure(SERVER_ERROR), 10, 5)
+    assert bucket.state() == "open"
+    assert bucket.ready_at(10) == pytest.approx(clock.now + 30.0)
+    clock.now += 30.0
+    assert bucket.state() == "probing"
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) == math.inf  # only the probe
+    bucket.settle(ok(), 10, 5)
+    assert bucket.state() == "ok"
+    assert bucket.ready_at(10) < math.inf
+
+
+def test_breaker_reopens_with_doubled_cooldown_when_the_probe_fails() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=2)
+    bucket = budget.bucket("openai", "m")
+    for _ in range(2):
+        send_now(bucket, clock)
+        bucket.settle(failure(TIMEOUT), 10, 5)
+    clock.now += 30.0
+    send_now(bucket, clock)
+    bucket.settle(failure(TIMEOUT), 10, 5)
+    assert bucket.state() == "open"
+    assert bucket.ready_at(10) == pytest.approx(clock.now + 60.0)
+
+
+def test_client_errors_and_429s_do_not_trip_the_breaker() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)}, breaker_failures=2)
+    bucket = budget.bucket("openai", "m")
+    for kind in (SERVER_ERROR, CLIENT_ERROR, RATE_LIMITED, CLIENT_ERROR):
+        bucket.spend(10)
+        bucket.settle(failure(kind), 10, 5)
+    assert bucket.state() != "open"
+
+
+# ---- costs and bookkeeping ----------------------------------------------------------------
+
+
+def test_cost_reserves_prompt_plus_output_or_a_default() -> None:
+    budget, _ = make_budget()
+    bucket = budget.bucket("openai", "gpt-4o-mini")
+    assert bucket.cost(100, 50) == 150
+    assert bucket.cost(100, 0) == 100 + DEFAULT_OUTPUT_RESERVATION
+    assert budget.bucket("openai", "text-embedding-3-small").cost(100, 0) == 100
+
+
+def test_usage_without_output_tokens_stops_the_default_reservation() -> None:
+    budget, clock = make_budget({("openai", "embedder"): Limit(600, 10**6)})
+    bucket = budget.bucket("openai", "embedder")
+    send_now(bucket, clock)
+    bucket.settle(ok(input_tokens=100, output_tokens=0), 100, 100)
+    assert bucket.cost(100, 0) == 100
+
+
+def test_systematic_underestimate_raises_later_costs() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(50):
+        bucket.spend(100)
+        bucket.settle(ok(input_tokens=130, output_tokens=10), 110, 100)
+    assert bucket.cost(100, 10) == pytest.approx(140, abs=1)
+
+
+def test_in_flight_counts_spends_minus_settles() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(3):
+        bucket.spend(10)
+    bucket.settle(ok(), 10, 5)
+    assert bucket.in_flight == 2
+
+
+def test_tokens_last_minute_counts_only_the_last_60_seconds() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    bucket.spend(100)
+    clock.now += 30
+    bucket.spend(50)
+    assert bucket.tokens_last_minute() == 150
+    clock.now += 40
+    assert bucket.tokens_last_minute() == 50
+
+
+def test_buckets_are_created_once_per_provider_and_model() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def limit_for(provider: str, model: str) -> Limit:
+        calls.append((provider, model))
+        return Limit(60, 6000)
+
+    budget = Budget(limit_for, clock=FakeClock())
+    assert budget.bucket("openai", "a") is budget.bucket("openai", "a")
+    budget.bucket("groq", "a")
+    assert calls == [("openai", "a"), ("groq", "a")]
+    assert len(budget.buckets()) == 2
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("250ms", 0.25),
+        ("1.5s", 1.5),
+        ("1h2m3.5s", 3723.5),
+        ("0.2", 0.2),
+        ("2m59.56s", 179.56),
+        ("0s", 0.0),
+        ("", None),
+        ("soon", None),
+        ("5x", None),
+        ("-1", None),
+    ],
+)
+def test_parse_reset(text: str, seconds: float | None) -> None:
+    parsed = parse_reset(text)
+    assert parsed == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_retry_delay_is_never_earlier_than_retry_after() -> None:
+    rng = random.Random(1)
+    for retry_after in (0.0, 0.3, 2.0, 45.0):
+        for attempt in range(1, 8):
+            assert retry_delay_s(attempt, retry_after, rng) >= retry_after
+
+
+def test_retry_delay_backs_off_exponentially_with_jitter_and_a_cap() -> None:
+    rng = random.Random(1)
+    first = [retry_delay_s(1, None, rng) for _ in range(100)]
+    third = [retry_delay_s(3, None, rng) for _ in range(100)]
+    late = [retry_delay_s(40, None, rng) for _ in range(100)]
+    assert all(0.25 <= d <= 0.5 for d in first)
+    assert all(1.0 <= d <= 2.0 for d in third)
+    assert all(15.0 <= d <= 30.0 for d in late)
+    assert len(set(first)) > 50

@@ -360,7 +360,7 @@ def test_breaker_opens_probes_once_and_closes_on_success() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=3)
     bucket = budget.bucket("openai", "m")
     for _ in range(3):
-        send_now(bucket, clock)
+        bucket.spend(10)
         bucket.settle(failure(SERVER_ERROR), 10, 5)
     assert bucket.state() == "open"
     assert bucket.ready_at(10) == pytest.approx(clock.now + 30.0)
@@ -377,7 +377,7 @@ def test_breaker_reopens_with_doubled_cooldown_when_the_probe_fails() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=2)
     bucket = budget.bucket("openai", "m")
     for _ in range(2):
-        send_now(bucket, clock)
+        bucket.spend(10)
         bucket.settle(failure(TIMEOUT), 10, 5)
     clock.now += 30.0
     send_now(bucket, clock)

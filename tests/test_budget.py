@@ -178,6 +178,14 @@ def test_late_wakeup_is_not_lost() -> None:
     assert clock.now - start <= 10.0 * 1.01  # 98 a second, the lateness caught up
 
 
+def test_a_free_bucket_answers_go_to_a_caller_whose_clock_reading_is_older() -> None:
+    ticks = iter(range(10**6))
+    budget = Budget(lambda p, m: Limit(6000, 10**9), clock=lambda: 1000 + next(ticks) * 1e-6)
+    for bucket in (budget.bucket("openai", "m"), Budget(lambda p, m: Limit()).bucket("o", "m")):
+        now = bucket._clock()  # the supervisor read the clock before asking
+        assert bucket.ready_at(10) <= now
+
+
 # ---- learning -------------------------------------------------------------------------
 
 

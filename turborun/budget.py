@@ -114,17 +114,17 @@ class _Window:
 
     def ready_at(self, now: float, max_requests: float | None, max_tokens: float | None,
                  cost: int) -> float:  # fmt: skip
-        """Earliest time a request of ``cost`` fits (``now`` if it fits already)."""
+        """Earliest time a request of ``cost`` fits (-inf if it fits already)."""
         self.prune(now)
         requests, tokens = self.requests, self.tokens
         if _fits(requests, tokens, max_requests, max_tokens, cost):
-            return now
+            return -_INF  # not ``now``: a caller's earlier clock reading must see "go"
         for _, last, spent_requests, spent_tokens in self.entries:
             requests -= spent_requests
             tokens -= spent_tokens
             if _fits(requests, tokens, max_requests, max_tokens, cost):
                 return last + self.span_s
-        return now  # unreachable: an empty window always fits
+        return -_INF  # unreachable: an empty window always fits
 
     def sum_since(self, since: float) -> float:
         return sum(e[3] for e in self.entries if e[1] > since)
@@ -285,7 +285,7 @@ class Bucket:
             if breaker.probe_in_flight:
                 return _INF
         if self._learning:
-            return _INF if self._probe_in_flight else max(at, now)
+            return _INF if self._probe_in_flight else at
         rpm, tpm = self.rpm, self.tpm
         if rpm is None and tpm is None:
             return at

@@ -14,6 +14,7 @@ import pytest
 
 from turborun.budget import (
     DEFAULT_OUTPUT_RESERVATION,
+    PROBE_PATIENCE_S,
     Bucket,
     Budget,
     parse_reset,
@@ -212,7 +213,7 @@ def test_unknown_limit_sends_one_probe_then_learns_openai_headers() -> None:
     bucket = budget.bucket("openai", "gpt-4o-mini")
     assert bucket.state() == "learning"
     send_now(bucket, clock)
-    assert bucket.ready_at(10) == math.inf  # one probe at a time
+    assert bucket.ready_at(10) == clock.now + PROBE_PATIENCE_S  # one probe at a time
     bucket.settle(ok(OPENAI_HEADERS), 10, 5)
     assert (bucket.rpm, bucket.tpm) == (600, 60000)
     assert bucket.state() == "ok"
@@ -273,7 +274,20 @@ def test_probe_without_an_answer_probes_again() -> None:
     bucket.settle(failure(TIMEOUT), 10, 5)
     assert bucket.state() == "learning"
     send_now(bucket, clock)
-    assert bucket.ready_at(10) == math.inf
+    assert bucket.ready_at(10) > clock.now
+
+
+def test_a_slow_probe_lets_one_more_probe_go_after_a_while() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    clock.now += PROBE_PATIENCE_S
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) > clock.now
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)  # the second answers first
+    assert bucket.state() == "ok"
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)
+    assert bucket.in_flight == 0
 
 
 def test_configured_limit_is_never_raised_by_headers() -> None:

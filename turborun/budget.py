@@ -68,6 +68,10 @@ DAILY_RETRY_AFTER_S = 60.0  # a 429 asking to wait longer is an exhausted daily 
 DEFAULT_PARK_S = 60.0  # an exhausted daily quota that names no reset: ask again then
 MAX_MINUTE_HOLD_S = 60.0  # remaining 0 on a per-minute limit: at most a minute
 MAX_COOLDOWN_S = 300.0
+# A bucket with an unknown limit sends one probe and waits for its headers; a probe still
+# unanswered after this long (a long generation) lets one more request go as a probe,
+# so a slow first answer does not stall the batch.
+PROBE_PATIENCE_S = 2.0
 BREAKER_KINDS = frozenset({SERVER_ERROR, TIMEOUT, CONNECTION, INVALID_RESPONSE})
 RATIO_BOUNDS = (0.25, 4.0)
 RATIO_DECAY = 0.98  # actual/estimated prompt ratio: weight of the past per observation
@@ -231,7 +235,8 @@ class Bucket:
         self._last_recovery = 0.0
         self._slow_stale = 0  # outcomes still due from before the last slow-down
         self._learning = configured.rpm is None or configured.tpm is None
-        self._probe_in_flight = False
+        self._probes_in_flight = 0
+        self._last_probe_at = -_INF
         self._hold_until = -_INF  # retry-after, or a per-minute limit at remaining 0
         self._park_until = -_INF  # an exhausted daily quota
         self._request_pace = _Pace(REQUEST_BURST_S)
@@ -285,7 +290,9 @@ class Bucket:
             if breaker.probe_in_flight:
                 return _INF
         if self._learning:
-            return _INF if self._probe_in_flight else at
+            if self._probes_in_flight:
+                return max(at, self._last_probe_at + PROBE_PATIENCE_S)
+            return at
         rpm, tpm = self.rpm, self.tpm
         if rpm is None and tpm is None:
             return at
@@ -305,7 +312,8 @@ class Bucket:
         now = self._clock()
         self.in_flight += 1
         if self._learning:
-            self._probe_in_flight = True
+            self._probes_in_flight += 1
+            self._last_probe_at = now
         if self._breaker.open and now >= self._breaker.open_until:
             self._breaker.probe_in_flight = True
         self._request_pace.spend(now, _rate(self.rpm), 1)
@@ -350,8 +358,8 @@ class Bucket:
             self._reconcile(outcome, prompt_tokens, now)
             self._recover(now)
         self._breaker.settle(outcome.error_kind, now, self.in_flight)
-        if self._learning and self._probe_in_flight:
-            self._probe_in_flight = False
+        if self._learning and self._probes_in_flight:
+            self._probes_in_flight -= 1
             # An HTTP answer taught what it could; what it did not tell stays unlimited.
             # No answer at all (timeout, connection) teaches nothing: probe again.
             self._learning = outcome.status_code is None

@@ -196,7 +196,11 @@ def test_bad_flag_exits_2(tmp_path: Path, simulator: Simulator) -> None:
 
 def test_status_shows_a_run_while_it_runs_and_after(tmp_path: Path, simulator: Simulator) -> None:
     tag = uuid.uuid4().hex
-    tasks = [task(tag, f"q{i}") for i in range(5)] + [task(tag, "slow", "[sim:latency=4]")]
+    tasks = [task(tag, f"q{i}") for i in range(5)] + [
+        task(tag, "slow", "[sim:latency=4]", priority="low")
+    ]
+    # low priority: not the request that probes the model's unknown limits (the others
+    # would wait for the probe's answer)
     path = write_tasks(tmp_path / "watched.jsonl", tasks)
     env = cli_env(tmp_path, simulator)
     args = ["batch", str(path), "--workers", "4", "--no-progress"]

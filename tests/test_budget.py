@@ -257,6 +257,15 @@ def test_groq_429_without_a_limit_in_its_message_learns_from_traffic() -> None:
     assert bucket.rpm is not None and bucket.rpm < 41
 
 
+def test_a_429_among_the_first_requests_sets_no_limit() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(rate_limited(0.7, "Simulated error 429."), 10, 5)
+    assert bucket.rpm is None
+    assert bucket.ready_at(10) == pytest.approx(clock.now + 0.7)
+
+
 def test_answer_without_headers_means_unlimited() -> None:
     budget, clock = make_budget()
     bucket = budget.bucket("openai", "local-model")

@@ -72,6 +72,7 @@ MAX_COOLDOWN_S = 300.0
 # unanswered after this long (a long generation) lets one more request go as a probe,
 # so a slow first answer does not stall the batch.
 PROBE_PATIENCE_S = 2.0
+MIN_TRAFFIC_TO_LEARN = 10  # requests in the last minute before a 429 may set a limit
 BREAKER_KINDS = frozenset({SERVER_ERROR, TIMEOUT, CONNECTION, INVALID_RESPONSE})
 RATIO_BOUNDS = (0.25, 4.0)
 RATIO_DECAY = 0.98  # actual/estimated prompt ratio: weight of the past per observation
@@ -428,9 +429,12 @@ class Bucket:
         return False
 
     def _learn_from_traffic(self, message: _LimitMessage, now: float) -> bool:
-        """A 429 on a dimension with no known limit (Groq's per-minute requests are in no
-        header): start from SLOWDOWN times what the last minute let through."""
+        """A 429 on a dimension with no known limit whose message names none: start from
+        SLOWDOWN times what the last minute let through, once that says something (a
+        429 among the first few requests teaches only its retry-after)."""
         self._minute.prune(now)
+        if self._minute.requests < MIN_TRAFFIC_TO_LEARN:
+            return False
         if message.kind == "tokens":
             if self.tpm is not None:
                 return False

@@ -113,7 +113,8 @@ def drive(
             bucket.settle(ok(), 0, 0)
         at = bucket.ready_at(tokens)
         if at > clock.now:
-            clock.now = (pending[0] if at == math.inf else at) + rng.uniform(0, lateness_s)
+            wake = min(at, pending[0]) if pending else at  # an outcome may unblock it sooner
+            clock.now = wake + rng.uniform(0, lateness_s)
             continue
         bucket.spend(tokens)
         run.sends.append((clock.now, tokens))

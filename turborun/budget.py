@@ -23,6 +23,10 @@ worth at once. Two mechanisms, per dimension (requests and tokens):
   clock. A request always fits an empty window, so one larger than a window's cap
   still goes, alone.
 
+Unknown limits: one probe request goes first and its x-ratelimit-* headers set the
+limits (read per provider: Groq's request headers count per day); an answer without
+headers means unlimited. A probe unanswered after PROBE_PATIENCE_S lets one more go.
+
 Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus the
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
 """
@@ -281,7 +285,7 @@ class Bucket:
 
     def ready_at(self, tokens: int) -> float:
         """Earliest clock() time a request costing ``tokens`` may be sent (≤ now: now);
-        math.inf while only an outcome can unblock it (a probe in flight)."""
+        math.inf while only an outcome can unblock it (the breaker's probe in flight)."""
         now = self._clock()
         at = max(self._hold_until, self._park_until)
         breaker = self._breaker

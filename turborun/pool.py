@@ -19,6 +19,7 @@ cancelled.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -26,6 +27,8 @@ from multiprocessing.process import BaseProcess
 
 from turborun.records import Call, Outcome
 from turborun.worker import WorkerSettings, worker_main
+
+_PRELOAD = ("turborun.worker", "turborun.providers", "openai", "groq")
 
 
 @dataclass(slots=True)
@@ -49,11 +52,20 @@ class PoolEvents:
 
 class WorkerPool:
     def __init__(
-        self, processes: int, threads: int, settings: WorkerSettings, start_method: str = "spawn"
+        self,
+        processes: int,
+        threads: int,
+        settings: WorkerSettings,
+        start_method: str = "forkserver",
     ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise ValueError("workers start with spawn or forkserver, never plain fork")
         self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server imports the SDKs once; each worker is then a cheap fork of
+            # a single-threaded process (never of our threaded supervisor): 4 workers
+            # start in ~0.3 s instead of ~2 s, and so does a replacement.
+            self._ctx.set_forkserver_preload(list(_PRELOAD))
         self._processes = processes
         self.threads = threads
         self._settings = settings
@@ -93,7 +105,7 @@ class WorkerPool:
         outcome_reader, outcome_writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self._settings, call_reader, outcome_writer),
+            args=(self._settings, call_reader, outcome_writer, dict(os.environ)),
             daemon=True,
             name="turborun-worker",
         )

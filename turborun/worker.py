@@ -39,8 +39,21 @@ class WorkerSettings:
     api_keys: dict[str, str] = field(repr=False)  # crosses to the child in memory only
 
 
-def worker_main(settings: WorkerSettings, calls: Connection, outcomes: Connection) -> None:
-    """Serve Calls until the supervisor says stop (None) or disappears."""
+def worker_main(
+    settings: WorkerSettings,
+    calls: Connection,
+    outcomes: Connection,
+    environ: dict[str, str] | None = None,
+) -> None:
+    """Serve Calls until the supervisor says stop (None) or disappears.
+
+    ``environ``: the supervisor's environment when this process was started. A
+    fork-server child would otherwise see the environment the fork server had
+    when it started, and Python steps that read variables would see stale ones.
+    """
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from turborun.providers import Providers  # after start: clients belong to this process

@@ -119,8 +119,7 @@ def summary_table(m: Metrics) -> str:
         f"wall time {m.makespan_s:.2f} s, throughput {m.throughput:.1f} tasks/s, "
         f"critical-path lower bound {bound:.2f} s{ratio}, "
         f"worker utilization {m.utilization:.0%} of {m.workers}",
-        f"tokens in {m.input_tokens}, out {m.output_tokens}, cost $"
-        + _fmt(m.cost_usd, ".6f"),
+        f"tokens in {m.input_tokens}, out {m.output_tokens}, cost $" + _fmt(m.cost_usd, ".6f"),
     ]
     if m.changed:
         lines.append(

@@ -252,8 +252,9 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_resends_no_journaled_task
 # ---- 2. Ctrl-C ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_journals_in_flight_work_prints_resume_command_and_exits_130(
-    tmp_path: Path, slow_sim: Simulator
+    tmp_path: Path, slow_sim: Simulator, signum: int
 ) -> None:
     tag = uuid.uuid4().hex
     path, args = big_run(tmp_path, tag)
@@ -262,7 +263,7 @@ def test_ctrl_c_journals_in_flight_work_prints_resume_command_and_exits_130(
     try:
         stop_after = random.randint(150, 1500)
         wait_for(lambda: sum(receipts(slow_sim, tag).values()) >= stop_after, 60, "requests", proc)
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signum)
         out, err = proc.communicate(timeout=25)  # grace is 15 s
     finally:
         stop(proc)
@@ -289,6 +290,51 @@ def test_ctrl_c_journals_in_flight_work_prints_resume_command_and_exits_130(
     after = receipts(slow_sim, tag)
     assert_resume_sent_no_journaled_task(before, after, journal_ids)
     assert_every_task_succeeded_once(tmp_path / "big.results.jsonl", BIG, journal_ids)
+
+
+def test_second_ctrl_c_exits_at_once_leaving_a_consistent_journal(
+    tmp_path: Path, slow_sim: Simulator
+) -> None:
+    tag = uuid.uuid4().hex
+    # ~4 s per request: the first Ctrl-C's grace would wait for them; the second must not.
+    quick = [task(tag, f"t{i:04d}", max_tokens=1, priority=1) for i in range(40)]
+    tasks = quick + [task(tag, f"t{i:04d}", max_tokens=4000) for i in range(40, 80)]
+    path = write_tasks(tmp_path / "long.jsonl", tasks)
+    args = ["batch", str(path), "--workers", "40", "--processes", "2", "--no-progress"]
+    env = cli_env(tmp_path, slow_sim)
+    proc = start_cli(args, tmp_path, env)
+    try:
+        wait_for(lambda: len(receipts(slow_sim, tag)) >= 60, 60, "long requests", proc)
+        wait_for(lambda: len(journaled_ids(tmp_path / "checkpoints" / "long")) >= 1, 30, "a commit")
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first Ctrl-C waits for in-flight requests"
+        os.kill(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        proc.communicate(timeout=10)
+        exited_after = time.monotonic() - started
+    finally:
+        stop(proc)
+    assert proc.returncode == 130
+    assert exited_after < 3, f"second Ctrl-C took {exited_after:.1f} s"
+    entries = journaled(tmp_path / "checkpoints" / "long")  # opens and decodes: consistent
+    before = receipts(slow_sim, tag)
+    assert {e["status"] for e in entries.values()} == {"succeeded"}
+    assert set(before) - set(entries), "requests still in flight were not waited for"
+
+    done = run_cli([*args, "--resume"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    after = receipts(slow_sim, tag)
+    assert_resume_sent_no_journaled_task(before, after, set(entries))
+    lines = results(tmp_path / "long.results.jsonl")
+    assert [line["custom_id"] for line in lines] == [t["custom_id"] for t in tasks]
+    assert {line["turborun"]["status"] for line in lines} == {"succeeded"}
+
+
+def journaled_ids(checkpoint: Path) -> set[str]:
+    if not (checkpoint / "journal").exists():
+        return set()
+    return set(journaled(checkpoint))
 
 
 # ---- 3. run lock -------------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from turborun import InputError, Runner, TaskFailed, execute_batch
@@ -119,3 +124,28 @@ def test_runner_failure_sets_exception_on_dependents(step_dir):
         with pytest.raises(TaskFailed) as info:
             child.result(timeout=30)
     assert info.value.result.status == "skipped"
+
+
+def test_unguarded_script_fails_fast_naming_the_main_guard(step_dir):
+    """Worker processes import the main module: a script that runs a batch at import
+    time must get a clear error, not a hang or a run whose every task dies."""
+    script = step_dir / "unguarded.py"
+    script.write_text(
+        "from turborun import execute_batch\n"
+        "tasks = [{'custom_id': 'a', 'fn': 'steps:record_order'}]\n"
+        "execute_batch(tasks, workers=2, processes=2, checkpoint_dir='ck')\n"
+    )
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=step_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "WorkerStartError: a worker process exited at start" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert not (step_dir / "order").exists(), "no step ran"

@@ -79,6 +79,10 @@ class CheckpointExists(CheckpointError):
         )
 
 
+class WorkerStartError(TurborunError):
+    """The worker processes could not start; nothing was sent."""
+
+
 class TaskFailed(TurborunError):
     """Set on a ``Runner`` future whose task failed or was skipped."""
 

@@ -25,10 +25,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from turborun.exceptions import WorkerStartError
 from turborun.records import Call, Outcome
 from turborun.worker import WorkerSettings, worker_main
 
 _PRELOAD = ("turborun.worker", "turborun.providers", "openai", "groq")
+MAIN_GUARD_HINT = (
+    "worker processes import the main module first, so a script that starts a run "
+    'at import time must do so under `if __name__ == "__main__":`'
+)
 
 
 @dataclass(slots=True)
@@ -79,7 +84,7 @@ class WorkerPool:
     def start(self, timeout_s: float = 120.0) -> None:
         """Start every process and wait until each has imported its modules, so a
         run's clock starts with a ready pool and a process that cannot start is
-        an error here rather than an endless respawn later."""
+        an error here (WorkerStartError) rather than an endless respawn later."""
         self._slots = [self._spawn() for _ in range(self._processes)]
         pending = {slot.outcomes: slot for slot in self._slots}
         deadline = time.monotonic() + timeout_s
@@ -89,16 +94,26 @@ class WorkerPool:
             ready = wait(list(pending) + list(sentinels), max(0.0, remaining))
             if not ready:
                 self.kill()
-                raise RuntimeError(f"worker processes did not start within {timeout_s:.0f} s")
+                raise WorkerStartError(f"worker processes did not start within {timeout_s:.0f} s")
             for handle in ready:
-                if handle in sentinels:
-                    code = sentinels[handle].process.exitcode
+                slot = sentinels.get(handle) or pending[handle]
+                if handle in pending and self._hello(slot):
+                    del pending[handle]
+                elif slot.outcomes in pending:
+                    slot.process.join(5)  # its pipe closed: it is exiting
                     self.kill()
-                    raise RuntimeError(f"a worker process exited at start (exit code {code})")
-                try:
-                    pending.pop(handle).outcomes.recv()  # the hello
-                except (EOFError, OSError):
-                    pass  # its sentinel will say why
+                    raise WorkerStartError(
+                        f"a worker process exited at start (exit code "
+                        f"{slot.process.exitcode}; its error is above); {MAIN_GUARD_HINT}"
+                    )
+
+    @staticmethod
+    def _hello(slot: _Slot) -> bool:
+        try:
+            slot.outcomes.recv()
+        except (EOFError, OSError):
+            return False
+        return True
 
     def _spawn(self) -> _Slot:
         call_reader, call_writer = self._ctx.Pipe(duplex=False)

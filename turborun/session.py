@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 from turborun.budget import Budget
 from turborun.checkpoint import Checkpoint
 from turborun.config import Config, require_keys
+from turborun.exceptions import WorkerStartError
 from turborun.latency import LatencyModel
-from turborun.pool import WorkerPool
+from turborun.pool import MAIN_GUARD_HINT, WorkerPool
 from turborun.pricing import Pricing
 from turborun.supervisor import DoneCallback, Progress, Supervisor
 from turborun.tasks import Task
@@ -61,6 +63,13 @@ class RunSession:
         self.close()
 
     def _open(self) -> None:
+        if getattr(mp.current_process(), "_inheriting", False):
+            # A worker process importing the user's unguarded script: starting a run
+            # here would open checkpoints and spawn processes from inside a worker.
+            raise WorkerStartError(
+                "a run cannot start inside a worker process that is importing the main module; "
+                f"{MAIN_GUARD_HINT}"
+            )
         config = self.config
         if config.simulate:
             self._start_simulator()

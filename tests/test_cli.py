@@ -310,6 +310,7 @@ def test_public_api_is_exactly_the_documented_list() -> None:
         "Runner",
         "TaskFailed",
         "TurborunError",
+        "WorkerStartError",
         "execute_batch",
     ]
     for name in turborun.__all__:

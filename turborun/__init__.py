@@ -24,6 +24,7 @@ __all__ = [
     "Runner",
     "TaskFailed",
     "TurborunError",
+    "WorkerStartError",
     "execute_batch",
 ]
 
@@ -45,6 +46,7 @@ _HOME = {
             "Problem",
             "TaskFailed",
             "TurborunError",
+            "WorkerStartError",
         )
     },
 }
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         Problem,
         TaskFailed,
         TurborunError,
+        WorkerStartError,
     )
     from turborun.metrics import Metrics, ModelStats
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 from conftest import LIMITED_MODEL
 
-from turborun.providers import Providers
+from turborun.providers import THREADS_PER_CLIENT, Providers
 from turborun.records import (
     AUTH,
     CLIENT_ERROR,
@@ -253,3 +255,25 @@ def test_outcomes_pickle_and_unpickle(providers):
     for outcome in (success, failure):
         restored = pickle.loads(pickle.dumps(outcome))
         assert isinstance(restored, Outcome) and restored == outcome
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_threads_share_clients_a_few_to_each(simulator, provider):
+    """Many threads on one client contend for its connection pool: each client serves
+    THREADS_PER_CLIENT threads, and every thread's requests still succeed."""
+    urls = {"openai": simulator.openai_base_url, "groq": simulator.base_url}
+    providers = Providers(KEYS, urls, timeout_s=10.0)
+    providers.warm_up()
+    threads = 3 * THREADS_PER_CLIENT
+    with ThreadPoolExecutor(threads) as pool:
+        barrier = threading.Barrier(threads)
+
+        def call(i: int) -> Outcome:
+            barrier.wait()  # every thread is a distinct thread of the pool
+            return _chat_outcome(providers, provider, f"thread {i}")
+
+        outcomes = list(pool.map(call, range(threads)))
+    assert [o.text for o in outcomes] == [f"echo: thread {i}" for i in range(threads)]
+    clients = {k: id(c) for k, c in providers._clients.items() if k[0] == provider}
+    assert sorted(clients) == [(provider, shard) for shard in range(3)]
+    assert len(set(clients.values())) == 3

@@ -149,3 +149,19 @@ def test_unguarded_script_fails_fast_naming_the_main_guard(step_dir):
     assert "WorkerStartError: a worker process exited at start" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
     assert not (step_dir / "order").exists(), "no step ran"
+
+
+def test_progress_takes_a_callable_true_or_false(step_dir, capsys):
+    tasks = [{"custom_id": f"n{i}", "fn": "steps:noop"} for i in range(3)]
+    snapshots = []
+    assert _run(tasks, step_dir, progress=snapshots.append).success_rate == 1.0
+    assert snapshots[-1].done == snapshots[-1].total == 3
+
+    assert _run(tasks, step_dir, progress=True).success_rate == 1.0
+    assert "[turborun] 3/3 done" in capsys.readouterr().err  # not a terminal: lines
+
+    assert _run(tasks, step_dir, progress=False).success_rate == 1.0
+    assert capsys.readouterr().err == ""
+
+    with pytest.raises(TypeError, match="progress must be"):
+        _run(tasks, step_dir, progress="yes")

@@ -131,10 +131,13 @@ def execute_batch(
     ``settings``: workers, processes, strategy, rpm, tpm, max_retries, timeout_s,
     checkpoint_dir, simulate (as the command-line flags). ``output``: where to write
     the results file (default for a path: beside it; for dicts: none).
-    ``progress``: a callable taking ``Progress`` snapshots. ``handle_signals``: make
+    ``progress``: a callable taking ``Progress`` snapshots, True for the command
+    line's display on stderr (a tqdm bar on a terminal, else periodic lines), or
+    None/False for none. ``handle_signals``: make
     SIGINT/SIGTERM stop the run gracefully (default: when on the main thread).
     """
     config = config or load_config(settings)
+    display, owned = _progress_display(progress)
     estimator = TokenEstimator()
     if isinstance(tasks, str | os.PathLike):
         path = Path(tasks)
@@ -145,9 +148,24 @@ def execute_batch(
         taskset = tasks_from_dicts(list(tasks), estimator)
         run_name = checkpoint
     try:
-        return _run(taskset, run_name, config, resume, fresh, output, progress, handle_signals)
+        return _run(taskset, run_name, config, resume, fresh, output, display, handle_signals)
     finally:
         taskset.close()
+        if owned:
+            display.close()
+
+
+def _progress_display(progress: Any) -> tuple[Any, bool]:
+    """(the callback, whether it is ours to close)."""
+    if progress is None or progress is False:
+        return None, False
+    if progress is True:
+        from turborun.progress import ProgressDisplay
+
+        return ProgressDisplay(), True
+    if callable(progress):
+        return progress, False
+    raise TypeError(f"progress must be a callable, True, False or None, not {progress!r}")
 
 
 def _run_name(path: Path) -> str:

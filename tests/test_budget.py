@@ -300,6 +300,26 @@ def test_a_slow_probe_lets_one_more_probe_go_after_a_while() -> None:
     assert bucket.in_flight == 0
 
 
+def test_unanswered_probes_double_every_patience_period() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    start = clock.now
+    sent_at = []
+    while clock.now < start + 4 * PROBE_PATIENCE_S:
+        at = bucket.ready_at(10)
+        if at <= clock.now:
+            bucket.spend(10)
+            sent_at.append(clock.now - start)
+        else:
+            clock.now = at
+    # 1 probe, then 2 in flight after one period, 4 after two, 8 after three.
+    patience = PROBE_PATIENCE_S
+    assert sent_at == [0.0, patience] + [2 * patience] * 2 + [3 * patience] * 4
+    assert bucket.in_flight == 8
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)
+    assert bucket.state() == "ok"  # the first answer ends the probing
+
+
 def test_configured_limit_is_never_raised_by_headers() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(rpm=100, tpm=1000)})
     bucket = budget.bucket("openai", "m")

@@ -25,7 +25,8 @@ worth at once. Two mechanisms, per dimension (requests and tokens):
 
 Unknown limits: one probe request goes first and its x-ratelimit-* headers set the
 limits (read per provider: Groq's request headers count per day); an answer without
-headers means unlimited. A probe unanswered after PROBE_PATIENCE_S lets one more go.
+headers means unlimited. While no probe has answered, the probes allowed in flight
+double every PROBE_PATIENCE_S (1, 2, 4, 8, ...): a slow start, not a stall.
 
 Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus the
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
@@ -72,9 +73,9 @@ DAILY_RETRY_AFTER_S = 60.0  # a 429 asking to wait longer is an exhausted daily 
 DEFAULT_PARK_S = 60.0  # an exhausted daily quota that names no reset: ask again then
 MAX_MINUTE_HOLD_S = 60.0  # remaining 0 on a per-minute limit: at most a minute
 MAX_COOLDOWN_S = 300.0
-# A bucket with an unknown limit sends one probe and waits for its headers; a probe still
-# unanswered after this long (a long generation) lets one more request go as a probe,
-# so a slow first answer does not stall the batch.
+# A bucket with an unknown limit sends one probe and waits for its headers; while none has
+# answered (long generations take 10-60 s), the probes allowed in flight double every
+# PROBE_PATIENCE_S, so a slow first answer delays the batch by seconds, not minutes.
 PROBE_PATIENCE_S = 2.0
 MIN_TRAFFIC_TO_LEARN = 10  # requests in the last minute before a 429 may set a limit
 BREAKER_KINDS = frozenset({SERVER_ERROR, TIMEOUT, CONNECTION, INVALID_RESPONSE})
@@ -241,7 +242,7 @@ class Bucket:
         self._slow_stale = 0  # outcomes still due from before the last slow-down
         self._learning = configured.rpm is None or configured.tpm is None
         self._probes_in_flight = 0
-        self._last_probe_at = -_INF
+        self._probes_started_at = -_INF  # when the current round of probes began
         self._hold_until = -_INF  # retry-after, or a per-minute limit at remaining 0
         self._park_until = -_INF  # an exhausted daily quota
         self._request_pace = _Pace(REQUEST_BURST_S)
@@ -296,7 +297,10 @@ class Bucket:
                 return _INF
         if self._learning:
             if self._probes_in_flight:
-                return max(at, self._last_probe_at + PROBE_PATIENCE_S)
+                # 2**k probes allowed after k patience periods: the next one may go
+                # once 2**k exceeds those in flight.
+                doublings = self._probes_in_flight.bit_length()
+                return max(at, self._probes_started_at + PROBE_PATIENCE_S * doublings)
             return at
         rpm, tpm = self.rpm, self.tpm
         if rpm is None and tpm is None:
@@ -317,8 +321,9 @@ class Bucket:
         now = self._clock()
         self.in_flight += 1
         if self._learning:
+            if not self._probes_in_flight:
+                self._probes_started_at = now
             self._probes_in_flight += 1
-            self._last_probe_at = now
         if self._breaker.open and now >= self._breaker.open_until:
             self._breaker.probe_in_flight = True
         self._request_pace.spend(now, _rate(self.rpm), 1)

@@ -177,6 +177,21 @@ def test_journal_entries_reads_more_than_one_chunk(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_journal_get_many_answers_in_the_asked_order_with_none_for_missing(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal")
+    journal.record_many([(f"q{i}", {"status": "succeeded", "i": i}) for i in range(0, 1200, 2)])
+    asked = [f"q{i}" for i in reversed(range(1200))] + ["q0"]  # several queries, a repeat
+    got = list(journal.get_many(asked))
+    assert [cid for cid, _ in got] == asked
+    for cid, entry in got:
+        i = int(cid[1:])
+        assert entry == ({"status": "succeeded", "i": i} if i % 2 == 0 else None)
+    assert list(journal.get_many([])) == []
+    journal.close()
+
+
 # --- checkpoint folder ---------------------------------------------------------------
 
 HOLDER = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def test_results_file_follows_the_given_order_from_the_journal(tmp_path: Path) -
         ]
     )
     out = tmp_path / "tasks.results.jsonl"
-    counts = write_results(out, ["a", "b", "c"], journal.get, run_name="tasks", resumed={"c"})
+    counts = write_results(out, journal.get_many(["a", "b", "c"]), run_name="tasks", resumed={"c"})
     journal.close()
     lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert [x["custom_id"] for x in lines] == ["a", "b", "c"]
@@ -138,16 +139,15 @@ def test_results_file_is_replaced_atomically(tmp_path: Path) -> None:
     out.write_bytes(b"old\n")
     journaled = {"a": entry()}
 
-    def broken_lookup(custom_id: str) -> dict[str, Any] | None:
-        if custom_id == "boom":
-            raise RuntimeError("journal unreadable")
-        return journaled.get(custom_id)
+    def broken_entries() -> Iterator[tuple[str, dict[str, Any] | None]]:
+        yield "a", journaled["a"]
+        raise RuntimeError("journal unreadable")
 
     with pytest.raises(RuntimeError):
-        write_results(out, ["a", "boom"], broken_lookup, run_name="t", resumed=())
+        write_results(out, broken_entries(), run_name="t", resumed=())
     assert out.read_bytes() == b"old\n"  # a failed rewrite leaves the previous file
     assert os.listdir(tmp_path) == ["tasks.results.jsonl"]  # and no temp file
-    write_results(out, ["a"], journaled.get, run_name="t", resumed=())
+    write_results(out, journaled.items(), run_name="t", resumed=())
     assert [orjson.loads(x)["custom_id"] for x in out.read_bytes().splitlines()] == ["a"]
     assert os.listdir(tmp_path) == ["tasks.results.jsonl"]
 
@@ -156,7 +156,7 @@ def test_results_file_mode_follows_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         out = tmp_path / "r.jsonl"
-        write_results(out, ["a"], lambda _: None, run_name="t", resumed=())
+        write_results(out, [("a", None)], run_name="t", resumed=())
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644

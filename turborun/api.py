@@ -204,8 +204,7 @@ def _run(
             results_path = Path(output)
             write_results(
                 results_path,
-                ids,
-                journal.get,
+                journal.get_many(ids),
                 run_name=session.run_name or "",
                 resumed=supervisor.resumed,
             )

@@ -20,7 +20,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -49,6 +49,7 @@ JOURNAL_SETTINGS: dict[str, Any] = {
     "cull_limit": 0,
 }
 _READ_CHUNK = 2000  # rows per SELECT in entries(): bounded memory, no long-lived cursor
+_KEYS_PER_QUERY = 500  # ids per SELECT in get_many() (old SQLite allows 999 parameters)
 _SUCCEEDED = "succeeded"
 
 
@@ -81,6 +82,41 @@ class Journal:
     def get(self, custom_id: str) -> dict[str, Any] | None:
         value = self._cache.get(custom_id, default=None, retry=True)
         return None if value is None else decode_entry(value)
+
+    def get_many(self, custom_ids: Iterable[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """(custom_id, entry or None) for each of ``custom_ids``, in their order: one
+        query per _KEYS_PER_QUERY ids (a get() each costs a query: seconds for 100,000)."""
+        chunk: list[str] = []
+        for custom_id in custom_ids:
+            chunk.append(custom_id)
+            if len(chunk) == _KEYS_PER_QUERY:
+                yield from self._decoded_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._decoded_chunk(chunk)
+
+    def _decoded_chunk(self, chunk: list[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        found = self._raw_values(chunk)
+        for custom_id in chunk:
+            value = found.get(custom_id)
+            yield custom_id, None if value is None else decode_entry(value)
+
+    def _raw_values(self, custom_ids: list[str]) -> dict[str, bytes]:
+        sql = self._cache._sql  # noqa: SLF001 - see _raw_rows
+        marks = ",".join("?" * len(custom_ids))
+        rows = sql(
+            f"SELECT key, mode, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+            custom_ids,
+        ).fetchall()
+        found: dict[str, bytes] = {}
+        for key, mode, value in rows:
+            if mode == MODE_RAW:
+                found[key] = bytes(value)
+            else:
+                fallback = self._cache.get(key, default=None, retry=True)
+                if isinstance(fallback, bytes):
+                    found[key] = fallback
+        return found
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every entry, in write order. Reads SQLite directly in chunks: going through

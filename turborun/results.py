@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,14 @@ def _turborun_part(entry: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
 
 def write_results(
     path: Path,
-    custom_ids: Iterable[str],
-    lookup: Callable[[str], dict[str, Any] | None],
+    entries: Iterable[tuple[str, dict[str, Any] | None]],
     *,
     run_name: str,
     resumed: Container[str],
 ) -> dict[str, int]:
-    """Write one line per custom_id, in the given order, atomically replacing ``path``.
-    Returns the number of lines by status (``pending``: never finished)."""
+    """Write one line per (custom_id, journal entry or None), in the given order,
+    atomically replacing ``path``. Returns the number of lines by status
+    (``pending``: never finished)."""
     path = Path(path)
     counts: dict[str, int] = {}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -96,8 +96,7 @@ def write_results(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
-            for custom_id in custom_ids:
-                entry = lookup(custom_id)
+            for custom_id, entry in entries:
                 status = PENDING if entry is None else str(entry.get("status"))
                 counts[status] = counts.get(status, 0) + 1
                 out.write(

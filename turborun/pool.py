@@ -18,8 +18,10 @@ cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -75,6 +77,9 @@ class WorkerPool:
         self.threads = threads
         self._settings = settings
         self._slots: list[_Slot] = []
+        self._started = False  # every process said hello
+        self._launcher: threading.Thread | None = None
+        self._launch_error: BaseException | None = None
         self.deaths = 0
 
     @property
@@ -82,10 +87,39 @@ class WorkerPool:
         return self._processes * self.threads
 
     def start(self, timeout_s: float = 120.0) -> None:
-        """Start every process and wait until each has imported its modules, so a
-        run's clock starts with a ready pool and a process that cannot start is
-        an error here (WorkerStartError) rather than an endless respawn later."""
-        self._slots = [self._spawn() for _ in range(self._processes)]
+        self._launch()
+        self.wait_started(timeout_s)
+
+    def launch(self) -> None:
+        """Start every process without waiting for it: the processes import their
+        modules while the caller reads its journal and builds its graph. A thread
+        starts them, since the first start waits for the fork server's preload."""
+        self._launcher = threading.Thread(target=self._launch, name="turborun-launch")
+        self._launcher.start()
+
+    def _launch(self) -> None:
+        try:
+            for _ in range(self._processes):
+                self._slots.append(self._spawn())
+        except BaseException as error:  # re-raised by wait_started()
+            self._launch_error = error
+
+    def _join_launcher(self) -> None:
+        if self._launcher is not None:
+            self._launcher.join()
+            self._launcher = None
+        if self._launch_error is not None:
+            error, self._launch_error = self._launch_error, None
+            self.kill()
+            raise WorkerStartError(f"worker processes could not start: {error}") from error
+
+    def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Wait until each process has imported its modules and said hello, so a run's
+        clock starts with a ready pool and a process that cannot start is an error
+        here (WorkerStartError) rather than an endless respawn later. Idempotent."""
+        if self._started:
+            return
+        self._join_launcher()
         pending = {slot.outcomes: slot for slot in self._slots}
         deadline = time.monotonic() + timeout_s
         while pending:
@@ -106,6 +140,7 @@ class WorkerPool:
                         f"a worker process exited at start (exit code "
                         f"{slot.process.exitcode}; its error is above); {MAIN_GUARD_HINT}"
                     )
+        self._started = True
 
     @staticmethod
     def _hello(slot: _Slot) -> bool:
@@ -205,8 +240,14 @@ class WorkerPool:
         self._slots[i] = self._spawn()
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Ask every process to stop, then make sure they have."""
+        """Ask every process to stop, then make sure they have. Processes that were
+        never waited for hold no work: they are killed, not waited for."""
+        with contextlib.suppress(WorkerStartError):
+            self._join_launcher()
         for slot in self._slots:
+            if not self._started:
+                slot.process.kill()
+                continue
             try:
                 slot.calls.send(None)
             except (OSError, ValueError):

@@ -100,7 +100,7 @@ class RunSession:
             api_keys=dict(config.api_keys),
         )
         self.pool = WorkerPool(processes, threads, settings)
-        self.pool.start()
+        self.pool.launch()  # the supervisor waits for it when it has work
         log.info(
             "run %s: %d workers in %d processes, strategy %s",
             self.run_name,

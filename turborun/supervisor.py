@@ -238,6 +238,8 @@ class Supervisor:
     # ---- the loop ------------------------------------------------------------
 
     def run(self) -> Metrics:
+        if not self._finished(self._clock()):
+            self.pool.wait_started()  # a resume with nothing to do never waits for it
         self._started = self._clock()
         try:
             while True:

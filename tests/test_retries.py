@@ -3,6 +3,7 @@ worker processes, the real openai and groq SDKs, real HTTP to the simulator."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -163,3 +164,19 @@ def test_cost_is_null_for_an_unknown_model_and_priced_for_a_known_one(simulator,
     result = _run(tasks, _config(simulator, tmp_path))
     assert result.results["known"].cost_usd is not None and result.results["known"].cost_usd > 0
     assert result.results["unknown"].cost_usd is None
+
+
+def test_a_resume_counts_the_prompt_tokens_of_the_tasks_it_runs(simulator, tmp_path):
+    """A resume loads its file without tokenizing; the tasks that run are counted by
+    the supervisor before they queue: largest prompt first under --strategy tokens."""
+    marker = uuid.uuid4().hex
+    words = {"a": 1, "b": 400, "c": 50, "d": 200}
+    path = tmp_path / "sized.jsonl"
+    tasks = [_task(cid, f"{marker} " + "word " * n) for cid, n in words.items()]
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    config = _config(simulator, tmp_path, workers=1, strategy="tokens")
+    result = execute_batch(path, config=config, checkpoint="sized", resume=True)
+    assert result.success_rate == 1.0
+    sent = [r["body"]["messages"][0]["content"].count("word") for r in _receipts(simulator, marker)]
+    assert sent == [400, 200, 50, 1]
+    assert result.metrics.input_tokens > 650  # the simulator's usage, for reference

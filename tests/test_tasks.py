@@ -22,7 +22,7 @@ from turborun.tasks import (
     tasks_from_dicts,
     template_refs,
 )
-from turborun.tokens import TokenEstimator
+from turborun.tokens import UNESTIMATED, TokenEstimator
 
 BATCH_LINE = (
     '{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", '
@@ -83,6 +83,16 @@ def test_batch_api_line_is_a_valid_task_as_it_is(tmp_path: Path) -> None:
         assert taskset.body(task) == json.loads(BATCH_LINE)["body"]
         assert taskset.by_id == {"q1": task}
         assert taskset.path == tmp_path / "tasks.jsonl"
+
+
+def test_without_an_estimator_prompts_are_left_uncounted_but_output_is_read(
+    tmp_path: Path,
+) -> None:
+    embed = {"custom_id": "e", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}}
+    with load_tasks(write(tmp_path, BATCH_LINE, embed), None) as taskset:
+        chat, embedding = taskset.tasks
+        assert (chat.prompt_tokens, chat.max_output_tokens) == (UNESTIMATED, 50)
+        assert (embedding.prompt_tokens, embedding.max_output_tokens) == (UNESTIMATED, 0)
 
 
 def test_defaults_for_omitted_and_null_keys(tmp_path: Path) -> None:

@@ -141,7 +141,9 @@ def execute_batch(
     estimator = TokenEstimator()
     if isinstance(tasks, str | os.PathLike):
         path = Path(tasks)
-        taskset = load_tasks(path, estimator)
+        # A resume sends few of its tasks: the supervisor counts prompt tokens of those
+        # that run (tokenizing 100,000 prompts costs more than a second).
+        taskset = load_tasks(path, None if resume else estimator)
         run_name = checkpoint or _run_name(path)
         output = output if output is not None else default_results_path(path)
     else:

@@ -20,6 +20,7 @@ parents' results are on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -27,7 +28,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,6 +55,7 @@ from turborun.pricing import Pricing
 from turborun.records import AUTH, FN_PROVIDER, RATE_LIMITED, Call, Outcome
 from turborun.scheduler import ReadyQueue, Timers, sort_key
 from turborun.tasks import Task, render_body
+from turborun.tokens import UNESTIMATED, TokenEstimator
 
 log = logging.getLogger("turborun")
 
@@ -65,7 +66,7 @@ _MAX_WAIT_S = 1.0  # an upper bound on one wait, never a poll interval
 DoneCallback = Callable[[str, dict[str, Any]], None]
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class Progress:
     """What the progress display needs from the supervisor."""
 
@@ -102,6 +103,7 @@ class Supervisor:
         self.latency = latency
         self.pool = pool
         self._body_of = body_of
+        self._estimator = TokenEstimator()  # for tasks loaded UNESTIMATED
         self._on_done = on_done
         self._on_progress = on_progress
         self._clock = clock
@@ -308,6 +310,8 @@ class Supervisor:
 
     def _push_ready(self, node: int) -> None:
         task = self.tasks[node]
+        if task.prompt_tokens == UNESTIMATED:
+            task = self.tasks[node] = self._counted(task)
         self.graph.mark_ready(node)
         self._ready_at[node] = self._clock()
         tokens = task.prompt_tokens + task.max_output_tokens
@@ -315,6 +319,15 @@ class Supervisor:
             self.config.strategy, task.priority, self.graph.rank_s[node], tokens, task.index
         )
         self.ready.push(self._bucket_key(task), key, node)
+
+    def _counted(self, task: Task) -> Task:
+        """The task with its prompt tokens counted (tasks loaded for a resume)."""
+        try:
+            tokens = self._estimator.prompt_tokens(task.provider, task.url, self._body_of(task))
+        except Exception:  # the body was read at load; never let a count stop the run
+            log.exception("cannot count the prompt tokens of %s", task.custom_id)
+            tokens = 0
+        return dataclasses.replace(task, prompt_tokens=tokens)
 
     def _dispatch(self, now: float) -> float | None:
         """Send as many ready nodes as workers and budgets allow; return the earliest

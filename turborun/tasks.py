@@ -49,7 +49,7 @@ import orjson
 from turborun.exceptions import InputError, Problem
 from turborun.graph import find_cycle
 from turborun.records import FN_PROVIDER
-from turborun.tokens import TokenEstimator
+from turborun.tokens import UNESTIMATED, TokenEstimator, output_tokens
 
 PRIORITY_NAMES = {"critical": 1000, "high": 100, "normal": 10, "low": 1}
 DEFAULT_PRIORITY = PRIORITY_NAMES["normal"]
@@ -79,7 +79,7 @@ class Task:
     depends_on: tuple[str, ...]
     priority: int
     fn: str | None
-    prompt_tokens: int  # estimated
+    prompt_tokens: int  # estimated; UNESTIMATED until the supervisor counts them
     max_output_tokens: int  # requested output (max_tokens / max_completion_tokens / ...)
     fingerprint: str  # of the definition: provider, method, url, body, fn, depends_on
     templated: bool  # the body holds {{ID}} references to dependencies
@@ -129,8 +129,10 @@ class TaskSet:
         self.close()
 
 
-def load_tasks(path: Path, estimator: TokenEstimator) -> TaskSet:
-    """Read and validate a task file; raise InputError listing every problem."""
+def load_tasks(path: Path, estimator: TokenEstimator | None) -> TaskSet:
+    """Read and validate a task file; raise InputError listing every problem.
+    ``estimator`` None leaves prompt tokens UNESTIMATED, for the supervisor to count
+    when a task is about to run (a resume runs few of its tasks)."""
     path = Path(path)
     where = str(path)
     try:
@@ -299,7 +301,7 @@ def _show(value: Any) -> str:
 class _Collector:
     """Checks tasks one by one, then across the input (dependencies, templates, cycles)."""
 
-    def __init__(self, where: str, estimator: TokenEstimator, unit: str) -> None:
+    def __init__(self, where: str, estimator: TokenEstimator | None, unit: str) -> None:
         self.where = where
         self.estimator = estimator
         self.unit = unit  # "line" or "item", for messages
@@ -357,10 +359,13 @@ class _Collector:
             provider, prompt_tokens, max_output_tokens = FN_PROVIDER, 0, 0
         else:
             assert body is not None
-            estimate = self._estimate(provider, url, body, line)
-            if estimate is None:
-                return
-            prompt_tokens, max_output_tokens = estimate
+            if self.estimator is None:
+                prompt_tokens, max_output_tokens = UNESTIMATED, output_tokens(url, body)
+            else:
+                estimate = self._estimate(provider, url, body, line)
+                if estimate is None:
+                    return
+                prompt_tokens, max_output_tokens = estimate
         task = Task(
             custom_id=custom_id,
             index=len(self.tasks),
@@ -495,6 +500,7 @@ class _Collector:
         # A body the estimator cannot read would fail at the provider too; report it
         # here with its line instead of a traceback halfway through loading.
         try:
+            assert self.estimator is not None
             return self.estimator.estimate(provider, url, body)
         except Exception as error:
             message = f"body cannot be read for token estimation: {type(error).__name__}: {error}"

@@ -44,6 +44,9 @@ OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _Counter = Callable[[str], int]
 
 
+UNESTIMATED = -1  # Task.prompt_tokens not counted yet
+
+
 class TokenEstimator:
     """Estimates (prompt tokens, requested output tokens) of request bodies.
 
@@ -60,10 +63,13 @@ class TokenEstimator:
         budget then reserves its own default). Never raises for an odd body shape."""
         model = body.get("model")
         count = self._counter(model if isinstance(model, str) else "")
-        path = url.split("?", 1)[0].rstrip("/")
+        path = _path(url)
         if path.endswith("/embeddings"):
             return _embedding_tokens(body.get("input"), count), 0
         return _prompt_tokens(path, body, count), requested_output(body)
+
+    def prompt_tokens(self, provider: str, url: str, body: dict[str, Any]) -> int:
+        return self.estimate(provider, url, body)[0]
 
     # ---- encodings ------------------------------------------------------------------
 
@@ -118,6 +124,15 @@ def _char_estimate(text: str) -> int:
 
 
 # ---- body shapes --------------------------------------------------------------------
+
+
+def output_tokens(url: str, body: dict[str, Any]) -> int:
+    """The requested output of ``estimate`` alone, without tokenizing anything."""
+    return 0 if _path(url).endswith("/embeddings") else requested_output(body)
+
+
+def _path(url: str) -> str:
+    return url.split("?", 1)[0].rstrip("/")
 
 
 def requested_output(body: dict[str, Any]) -> int:

@@ -12,15 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from turborun.budget import (
-    DEFAULT_OUTPUT_RESERVATION,
-    PROBE_PATIENCE_S,
-    Bucket,
-    Budget,
-    parse_reset,
-    retry_delay_s,
-)
+from turborun.backoff import retry_delay_s
+from turborun.budget import DEFAULT_OUTPUT_RESERVATION, PROBE_PATIENCE_S, Bucket, Budget
 from turborun.config import Limit
+from turborun.limit_signals import parse_reset
 from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
 from turborun.simulator_limits import ModelLimit
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import orjson
 
-from turborun.budget import Bucket, Budget, retry_delay_s
+from turborun.backoff import retry_delay_s
+from turborun.budget import Bucket, Budget
 from turborun.checkpoint import Journal
 from turborun.config import Config
 from turborun.entries import (

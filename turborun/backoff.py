@@ -1,0 +1,20 @@
+"""When to try again after a failed attempt."""
+
+from __future__ import annotations
+
+import random
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_JITTER_S = 0.25  # at most this much added to a server's retry-after
+
+
+def retry_delay_s(attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+    """Delay before the next attempt (``attempt``: the 1-based attempt that failed): the
+    server's retry-after when given (never earlier, plus a little jitter so a crowd told
+    the same moment does not return at once), else exponential backoff from 0.5 s,
+    doubling, capped at 30 s, with equal jitter (half fixed, half random)."""
+    if retry_after_s is not None and retry_after_s >= 0:
+        return retry_after_s + rng.uniform(0.0, min(RETRY_AFTER_JITTER_S, 0.1 * retry_after_s))
+    base_s = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(max(attempt - 1, 0), 30))
+    return base_s / 2 + rng.uniform(0.0, base_s / 2)

@@ -18,10 +18,9 @@ from turborun.tasks import (
     fingerprint,
     load_tasks,
     parse_priority,
-    render_body,
     tasks_from_dicts,
-    template_refs,
 )
+from turborun.templates import render_body, template_refs
 from turborun.tokens import UNESTIMATED, TokenEstimator
 
 BATCH_LINE = (

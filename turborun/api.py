@@ -21,7 +21,8 @@ from turborun.metrics import Metrics
 from turborun.results import default_results_path, write_results
 from turborun.session import RunSession
 from turborun.supervisor import Supervisor
-from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts, template_refs
+from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts
+from turborun.templates import template_refs
 from turborun.tokens import TokenEstimator
 
 

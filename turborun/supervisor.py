@@ -55,7 +55,8 @@ from turborun.pool import WorkerPool
 from turborun.pricing import Pricing
 from turborun.records import AUTH, FN_PROVIDER, RATE_LIMITED, Call, Outcome
 from turborun.scheduler import ReadyQueue, Timers, sort_key
-from turborun.tasks import Task, render_body
+from turborun.tasks import Task
+from turborun.templates import render_body
 from turborun.tokens import UNESTIMATED, TokenEstimator
 
 log = logging.getLogger("turborun")

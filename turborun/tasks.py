@@ -49,6 +49,7 @@ import orjson
 from turborun.exceptions import InputError, Problem
 from turborun.graph import find_cycle
 from turborun.records import FN_PROVIDER
+from turborun.templates import template_refs
 from turborun.tokens import UNESTIMATED, TokenEstimator, output_tokens
 
 PRIORITY_NAMES = {"critical": 1000, "high": 100, "normal": 10, "low": 1}
@@ -58,7 +59,6 @@ DEFAULT_METHOD = "POST"
 DEFAULT_URL = "/v1/chat/completions"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
-_TEMPLATE = re.compile(r"\{\{([^{}]*)\}\}")
 _FN = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*:[^\W\d]\w*")
 _BOM = b"\xef\xbb\xbf"
 _PRIORITY_HINT = "use an integer or one of critical/high/normal/low"
@@ -189,46 +189,6 @@ def parse_priority(value: Any) -> int | None:
     if isinstance(value, str):
         return PRIORITY_NAMES.get(value.strip().lower())
     return None
-
-
-def template_refs(body: Any) -> set[str]:
-    """Every ID written as ``{{ID}}`` in the strings of ``body`` (dict keys excluded)."""
-    refs: set[str] = set()
-    stack = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            if "{{" in value:
-                for match in _TEMPLATE.finditer(value):
-                    ref = match.group(1).strip()
-                    if ref:
-                        refs.add(ref)
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
-            stack.extend(value)
-    return refs
-
-
-def render_body(body: dict[str, Any], outputs: Mapping[str, str]) -> dict[str, Any]:
-    """A copy of ``body`` with ``{{ID}}`` replaced by ``outputs[ID]`` wherever ID is
-    in ``outputs``. Inserted text is not scanned again, so an output holding
-    braces cannot pull in another task's output."""
-
-    def replace(match: re.Match[str]) -> str:
-        ref = match.group(1).strip()
-        return outputs[ref] if ref in outputs else match.group(0)
-
-    def render(value: Any) -> Any:
-        if isinstance(value, str):
-            return _TEMPLATE.sub(replace, value) if "{{" in value else value
-        if isinstance(value, dict):
-            return {k: render(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [render(v) for v in value]
-        return value
-
-    return render(body)
 
 
 def fingerprint(

@@ -110,6 +110,9 @@ def _journal_in_memory() -> None:
         def _raw_rows(self) -> Any:
             return iter(list(self._memory.items()))
 
+        def _raw_values(self, custom_ids: list[str]) -> dict[str, bytes]:
+            return {cid: self._memory[cid] for cid in custom_ids if cid in self._memory}
+
         def __len__(self) -> int:
             return len(self._memory)
 

@@ -34,9 +34,9 @@ OPTIONS = {"headers": {"Content-Type": "application/json"}, "timeout": 30}
 def measure(base_url: str, requests: int, threads: int, clients: int) -> tuple[float, float]:
     """(requests per second, CPU ms per request) with ``threads`` threads on ``clients``
     clients (thread i uses client i % clients)."""
-    pool = [openai.OpenAI(api_key="sk-bench", base_url=base_url, max_retries=0)]
-    pool += [openai.OpenAI(api_key="sk-bench", base_url=base_url, max_retries=0)
-             for _ in range(clients - 1)]  # fmt: skip
+    pool = [
+        openai.OpenAI(api_key="sk-bench", base_url=base_url, max_retries=0) for _ in range(clients)
+    ]
     warm = [pool[0]] * 50 + pool[1:]  # lazy imports, caches, connections: not timed
     for client in warm:
         client.post("/chat/completions", content=BODY, cast_to=httpx2.Response, options=OPTIONS)

@@ -110,12 +110,9 @@ class Journal:
         ).fetchall()
         found: dict[str, bytes] = {}
         for key, mode, value in rows:
-            if mode == MODE_RAW:
-                found[key] = bytes(value)
-            else:
-                fallback = self._cache.get(key, default=None, retry=True)
-                if isinstance(fallback, bytes):
-                    found[key] = fallback
+            entry = self._row_bytes(key, True, mode, value)
+            if entry is not None:
+                found[key] = entry
         return found
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -160,12 +157,18 @@ class Journal:
                 return
             for rowid, key, raw, mode, value in rows:
                 last = rowid
-                if raw and mode == MODE_RAW and isinstance(key, str):
-                    yield key, bytes(value)
-                    continue
-                fallback = self._cache.get(key, default=None, retry=True)
-                if isinstance(key, str) and isinstance(fallback, bytes):
-                    yield key, fallback
+                entry = self._row_bytes(key, raw, mode, value)
+                if entry is not None:
+                    yield key, entry
+
+    def _row_bytes(self, key: Any, raw: Any, mode: int, value: Any) -> bytes | None:
+        """The entry bytes of one Cache row; None for a row that is not one of ours."""
+        if not isinstance(key, str):
+            return None
+        if raw and mode == MODE_RAW:
+            return bytes(value)
+        fallback = self._cache.get(key, default=None, retry=True)
+        return fallback if isinstance(fallback, bytes) else None
 
 
 def encode_entry(entry: dict[str, Any]) -> bytes:

@@ -80,9 +80,7 @@ class Providers:
         the first requests of a run do not wait for SDK imports and client set-up."""
         for provider in ("openai", "groq"):
             if self._api_keys.get(provider):
-                with self._lock:
-                    if (provider, 0) not in self._clients:
-                        self._clients[(provider, 0)] = self._build_client(provider)
+                self._client_at((provider, 0))
 
     def _post(self, call: Call) -> Any:
         client = self._client(call.provider)
@@ -97,11 +95,13 @@ class Providers:
         raise _UnsupportedMethod(f"method {method} is not supported; use POST or GET")
 
     def _client(self, provider: str) -> Any:
-        key = (provider, self._shard())
+        return self._client_at((provider, self._shard()))
+
+    def _client_at(self, key: tuple[str, int]) -> Any:
         client = self._clients.get(key)
         if client is None:
             with self._lock:
-                client = self._clients.get(key) or self._build_client(provider)
+                client = self._clients.get(key) or self._build_client(key[0])
                 self._clients[key] = client
         return client
 

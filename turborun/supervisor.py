@@ -325,7 +325,8 @@ class Supervisor:
     def _counted(self, task: Task) -> Task:
         """The task with its prompt tokens counted (tasks loaded for a resume)."""
         try:
-            tokens = self._estimator.prompt_tokens(task.provider, task.url, self._body_of(task))
+            body = self._body_of(task)
+            tokens = self._estimator.estimate(task.provider, task.url, body)[0]
         except Exception:  # the body was read at load; never let a count stop the run
             log.exception("cannot count the prompt tokens of %s", task.custom_id)
             tokens = 0

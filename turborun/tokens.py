@@ -68,9 +68,6 @@ class TokenEstimator:
             return _embedding_tokens(body.get("input"), count), 0
         return _prompt_tokens(path, body, count), requested_output(body)
 
-    def prompt_tokens(self, provider: str, url: str, body: dict[str, Any]) -> int:
-        return self.estimate(provider, url, body)[0]
-
     # ---- encodings ------------------------------------------------------------------
 
     def _counter(self, model: str) -> _Counter:

@@ -1,16 +1,20 @@
-"""The simulator over real HTTP: shapes, limits and their headers, faults, directives, log."""
+"""The simulator over real HTTP: shapes, limits and their headers, faults, directives, log,
+latency jitter and the self-hosted (capacity) mode."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import sim_post
 
-from turborun.simulator import Simulator
+from turborun.simulator import Simulator, _config_from_args, _parser
 from turborun.simulator_limits import ModelLimit, format_duration
 
 PREFIXES = ["/v1", "/openai/v1"]
@@ -324,3 +328,151 @@ def test_refusal_says_when_the_request_would_fit():
     assert refusal is not None and refusal.kind == "tokens"
     assert refusal.retry_after_s == pytest.approx(0.5)
     assert limit.admit(0.5 + refusal.retry_after_s, 30) is None
+
+
+def _timed_posts(sim: Simulator, bodies: list[dict]) -> list[tuple[float, object]]:
+    """POST every body at once (one connection each): (seconds until its answer, response or
+    the exception raised), in the order of ``bodies``."""
+
+    def one(body: dict) -> tuple[float, object]:
+        start = time.perf_counter()
+        try:
+            outcome: object = sim_post(sim, "/v1/chat/completions", body)
+        except (http.client.HTTPException, OSError) as exc:
+            outcome = exc
+        return time.perf_counter() - start, outcome
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(one, bodies))
+
+
+def _chats(count: int, model: str = "m") -> list[dict]:
+    return [{"model": model, "messages": [{"role": "user", "content": f"q{i}"}]}
+            for i in range(count)]  # fmt: skip
+
+
+def _rate_headers(response: object) -> list[str]:
+    return [name for name in response.headers if name.startswith("x-ratelimit-")]
+
+
+def test_latency_jitter_stays_within_bounds_and_varies():
+    with Simulator(latency_s=0.2, latency_jitter=0.5, seed=3) as sim:
+        timings = [elapsed for elapsed, _ in _timed_posts(sim, _chats(10))]
+    assert all(0.1 <= elapsed < 0.3 + 0.15 for elapsed in timings)
+    assert max(timings) - min(timings) > 0.05
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"latency_jitter": 1.0}, {"latency_jitter": -0.1}, {"capacity": 0},
+     {"queue_limit": 2}, {"capacity": 2, "queue_limit": -1}, {"capacity": 2, "overflow": "429"}],
+)  # fmt: skip
+def test_invalid_jitter_and_capacity_options_are_refused(options):
+    with pytest.raises(ValueError):
+        Simulator(**options)
+
+
+def test_command_line_sets_jitter_and_capacity():
+    args = ["--latency-jitter", "0.3", "--capacity", "4", "--queue-limit", "8", "--overflow",
+            "drop"]  # fmt: skip
+    config = _config_from_args(_parser().parse_args(args))
+    assert (config.latency_jitter, config.capacity, config.queue_limit, config.overflow) == (
+        0.3, 4, 8, "drop"
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--overflow", "429"])
+
+
+def test_capacity_serves_k_at_a_time_in_waves():
+    with Simulator(latency_s=0.2, capacity=4) as sim:
+        start = time.perf_counter()
+        results = _timed_posts(sim, _chats(12))
+        total = time.perf_counter() - start
+        log = sim.requests()
+    timings = sorted(elapsed for elapsed, _ in results)
+    assert all(response.status == 200 for _, response in results)
+    assert 0.58 <= total < 0.9  # three waves of 0.2 s: throughput K / latency
+    assert all(0.19 <= t < 0.35 for t in timings[:4])
+    assert all(0.39 <= t < 0.55 for t in timings[4:8])
+    assert all(0.59 <= t < 0.8 for t in timings[8:])
+    assert max(entry["in_service"] for entry in log) == 4
+    assert max(entry["waiting"] for entry in log) == 8
+    assert log[-1]["peak_in_service"] == 4 and log[-1]["peak_waiting"] == 8
+
+
+@pytest.mark.parametrize("overflow", ["503", "drop"])
+def test_full_queue_refuses_at_once_without_rate_headers(overflow):
+    limits = {"m": (1_000_000, 1_000_000_000)}  # would send x-ratelimit-* without capacity
+    with Simulator(latency_s=0.5, limits=limits, capacity=2, queue_limit=2,
+                   overflow=overflow) as sim:  # fmt: skip
+        results = _timed_posts(sim, _chats(8))
+        log = sim.requests()
+    answered = [r for _, r in results if not isinstance(r, Exception) and r.status == 200]
+    refused = [(t, r) for t, r in results if isinstance(r, Exception) or r.status != 200]
+    assert len(answered) == 4 and len(refused) == 4
+    assert all(not _rate_headers(response) for response in answered)
+    assert all(elapsed < 0.3 for elapsed, _ in refused)  # refused at once, not after a wait
+    if overflow == "503":
+        for _, response in refused:
+            assert response.status == 503
+            assert "retry-after" not in response.headers and not _rate_headers(response)
+            error = response.json()["error"]
+            assert error["message"] == "server overloaded: queue full"
+        assert sorted(entry["status"] for entry in log) == [200] * 4 + [503] * 4
+    else:
+        assert all(isinstance(exc, http.client.HTTPException | OSError) for _, exc in refused)
+        assert sum(entry.get("fault") == "drop" for entry in log) == 4
+    assert max(entry["in_service"] for entry in log) == 2
+    assert max(entry["waiting"] for entry in log) == 2
+
+
+def test_capacity_mode_sends_no_rate_headers_even_when_asked():
+    with Simulator(latency_s=0, limits={"m": (600, 60_000)}, rate_headers=True, capacity=2) as sim:
+        response = sim_post(sim, "/v1/chat/completions", _chats(1)[0])
+        groq = sim_post(sim, "/openai/v1/chat/completions", _chats(1)[0])
+    assert response.status == groq.status == 200
+    assert not _rate_headers(response) and not _rate_headers(groq)
+
+
+def test_directive_faults_do_not_take_capacity():
+    with Simulator(latency_s=0.4, capacity=1, queue_limit=0) as sim:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            served = pool.submit(sim_post, sim, "/v1/chat/completions", _chats(1)[0])
+            time.sleep(0.1)  # the one slot is busy, the queue holds none
+            text = "[sim:status=418:latency=0] scripted"
+            scripted = {"model": "m", "messages": [{"role": "user", "content": text}]}
+            assert sim_post(sim, "/v1/chat/completions", scripted).status == 418
+            assert sim_post(sim, "/v1/chat/completions", _chats(2)[1]).status == 503
+            assert served.result().status == 200
+
+
+def _send_raw(sim: Simulator, body: dict) -> socket.socket:
+    """Open a connection and send one request without reading the answer."""
+    data = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(data)}\r\n\r\n").encode()  # fmt: skip
+    sock = socket.create_connection(("127.0.0.1", sim.port), timeout=5)
+    sock.sendall(head + data)
+    return sock
+
+
+@pytest.mark.parametrize("serving_first", [True, False])
+def test_client_that_disconnects_frees_its_place(serving_first):
+    with Simulator(latency_s=0.4, capacity=1) as sim:
+        serving = _send_raw(sim, _chats(1)[0])
+        time.sleep(0.05)
+        waiting = _send_raw(sim, _chats(2)[1])
+        time.sleep(0.05)
+        assert [(e["in_service"], e["waiting"]) for e in sim.requests()] == [(1, 0), (1, 1)]
+        # serving first: its slot goes to the waiting one, whose close then frees it;
+        # waiting first: it leaves the queue, then the served one frees the slot
+        for sock in (serving, waiting) if serving_first else (waiting, serving):
+            sock.close()
+            time.sleep(0.05)
+        start = time.perf_counter()
+        response = sim_post(sim, "/v1/chat/completions", _chats(3)[2])
+        elapsed = time.perf_counter() - start
+        last = sim.requests()[-1]
+    assert response.status == 200
+    assert 0.39 <= elapsed < 0.6  # its own service time only: nothing leaked ahead of it
+    assert (last["in_service"], last["waiting"]) == (1, 0)

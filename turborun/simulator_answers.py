@@ -1,6 +1,6 @@
-"""What the simulator answers: deterministic bodies in each endpoint's real shape, the
-provider's token count of a request, and the ``[sim:...]`` directives (grammar in
-``turborun.simulator``'s docstring).
+"""What the simulator answers: deterministic bodies in each endpoint's real shape, HTTP
+responses and OpenAI-shaped error bodies, the provider's token count of a request, and the
+``[sim:...]`` directives (grammar in ``turborun.simulator``'s docstring).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 ENDPOINTS = {
     "/chat/completions": "chat",
@@ -22,6 +24,50 @@ ECHO_CHARS = 60
 EMBEDDING_DIMENSIONS = 8
 
 _DIRECTIVE = re.compile(rb"\[sim:([^\]]*)\]")
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def http_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """One HTTP/1.1 response with a JSON body."""
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    head.append("content-type: application/json")
+    head.append(f"content-length: {len(body)}")
+    head.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def error_body(status: int, message: str, kind: str | None = None, code: Any = None) -> bytes:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    error = {
+        "message": message,
+        "type": kind or _ERROR_TYPES.get(status, "server_error"),
+        "param": None,
+        "code": code,
+    }
+    return orjson.dumps({"error": error})
 
 
 def load_token_counter() -> Callable[[str], int]:

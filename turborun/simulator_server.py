@@ -5,11 +5,18 @@ Content-Length body); each request is decided at once (route, directives, faults
 logged with one ``os.write``, and answered immediately or after its latency through
 ``loop.call_later``: no task per request, nothing that blocks the loop. That keeps a single
 core well above the few thousand requests/s a benchmark sends.
+
+With ``capacity`` set (self-hosted mode), a request that would be answered 200 is placed in
+a ``turborun.simulator_capacity.Capacity`` instead: it is answered when its service time
+(its latency) has run in one of the ``capacity`` slots, after waiting its turn in the FIFO
+queue; a full queue refuses it (503 or a dropped connection, per ``overflow``). Answers
+decided earlier (404, 400, 429, directive faults, random 500s/hangs/drops) skip the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import random
@@ -28,38 +35,20 @@ from turborun.simulator_answers import (
     DirectiveError,
     Usage,
     answer_body,
+    error_body,
+    http_response,
     load_token_counter,
     parse_directives,
     prompt_text,
     requested_output_tokens,
 )
+from turborun.simulator_capacity import Capacity, Job
 from turborun.simulator_limits import ModelLimit, rejection_message
 
+OVERFLOWS = ("503", "drop")
+OVERLOADED_MESSAGE = "server overloaded: queue full"
 MAX_HEAD_BYTES = 65_536
 PARENT_CHECK_S = 1.0
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    411: "Length Required",
-    422: "Unprocessable Entity",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    429: "rate_limit_exceeded",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +57,31 @@ class SimConfig:
 
     latency_s: float = 0.05
     latency_per_token_s: float = 0.0
+    latency_jitter: float = 0.0
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     daily_requests: dict[str, int] = field(default_factory=dict)
     rate_headers: bool = True
     error_rate: float = 0.0
     hang_rate: float = 0.0
     drop_rate: float = 0.0
+    capacity: int | None = None
+    queue_limit: int | None = None
+    overflow: str = "503"
     seed: int = 0
     log_path: str | None = None
     host: str = "127.0.0.1"
     port: int = 0
     exit_with_parent: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.latency_jitter < 1.0:
+            raise ValueError(f"latency_jitter must be in [0, 1), got {self.latency_jitter}")
+        if self.capacity is not None and self.capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+        if self.queue_limit is not None and (self.capacity is None or self.queue_limit < 0):
+            raise ValueError("queue_limit needs a capacity and must be at least 0")
+        if self.overflow not in OVERFLOWS:
+            raise ValueError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
 
     def to_json(self) -> str:
         return orjson.dumps(_fields(self)).decode()
@@ -103,33 +106,17 @@ class _Request:
 
 
 class _Answer:
-    """A decided answer: bytes to send after ``delay_s``, or a fault ("hang", "drop")."""
+    """A decided answer: bytes to send after ``delay_s``, or a fault ("hang", "drop"); with
+    a ``job``, sent when the job's service ends instead (capacity mode)."""
 
-    __slots__ = ("data", "delay_s", "fault", "close")
+    __slots__ = ("data", "delay_s", "fault", "close", "job")
 
     def __init__(self, data: bytes = b"", delay_s: float = 0.0, fault: str | None = None):
         self.data = data
         self.delay_s = delay_s
         self.fault = fault
         self.close = False
-
-
-def _http(status: int, body: bytes, headers: list[tuple[str, str]]) -> bytes:
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
-    head.append("content-type: application/json")
-    head.append(f"content-length: {len(body)}")
-    head.extend(f"{name}: {value}" for name, value in headers)
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _error_body(status: int, message: str, kind: str | None = None, code: Any = None) -> bytes:
-    error = {
-        "message": message,
-        "type": kind or _ERROR_TYPES.get(status, "server_error"),
-        "param": None,
-        "code": code,
-    }
-    return orjson.dumps({"error": error})
+        self.job: Job | None = None
 
 
 class SimServer:
@@ -140,6 +127,7 @@ class SimServer:
         self.clock = clock
         self.random = random.Random(config.seed)
         self.ids = random.Random(config.seed + 1)
+        self.jitter = random.Random(config.seed + 2)
         self.count_tokens = load_token_counter()
         self.receipts: dict[int, int] = {}
         start = clock()
@@ -155,6 +143,9 @@ class SimServer:
             else None
         )
         self.faulty = config.error_rate + config.hang_rate + config.drop_rate > 0
+        self.capacity = (
+            Capacity(config.capacity, config.queue_limit) if config.capacity is not None else None
+        )
 
     def decide(self, request: _Request) -> _Answer:
         entry: dict[str, Any] = {"t": time.time(), "path": request.path, "model": None,
@@ -163,6 +154,8 @@ class SimServer:
         answer = self._decide(request, entry)
         if answer.fault is not None:
             entry["fault"] = answer.fault
+        if self.capacity is not None:
+            entry.update(self.capacity.counts())
         if self.log_fd is not None:
             os.write(self.log_fd, orjson.dumps(entry) + b"\n")
         answer.close = request.close
@@ -188,7 +181,7 @@ class SimServer:
         entry.update(body=body, model=model, max_tokens=requested, prompt_tokens=prompt_tokens)
         output = 0 if endpoint == "embeddings" else (requested if requested is not None
                                                      else DEFAULT_OUTPUT_TOKENS)  # fmt: skip
-        latency = self.config.latency_s + self.config.latency_per_token_s * output
+        latency = self._latency(output)
         scripted = self._scripted(request.body, entry, latency)
         if isinstance(scripted, _Answer):
             return scripted
@@ -199,6 +192,13 @@ class SimServer:
                 return fault
         return self._admit(endpoint, body, model, groq, Usage(prompt_tokens, output), entry,
                            latency)  # fmt: skip
+
+    def _latency(self, output_tokens: int) -> float:
+        """The configured latency, times a uniform factor in [1 - jitter, 1 + jitter]."""
+        config = self.config
+        latency = config.latency_s + config.latency_per_token_s * output_tokens
+        jitter = config.latency_jitter
+        return latency * self.jitter.uniform(1 - jitter, 1 + jitter) if jitter else latency
 
     def _scripted(self, raw: bytes, entry: dict[str, Any], latency: float) -> _Answer | float:
         """The active ``[sim:...]`` fault as an answer, or the (possibly scripted) latency."""
@@ -224,7 +224,7 @@ class SimServer:
         if directive.fault == "invalid_json":
             entry["status"] = 200
             body = b'{"id": "chatcmpl-broken", "choices": [ <html>upstream error'
-            return _Answer(_http(200, body, [self._request_id()]), latency)
+            return _Answer(http_response(200, body, [self._request_id()]), latency)
         status = directive.status or 500
         headers = [self._request_id()]
         if directive.retry_after_ms is not None:
@@ -236,15 +236,17 @@ class SimServer:
         kind = "requests" if status == 429 else None
         code = "rate_limit_exceeded" if status == 429 else None
         entry["status"] = status
-        return _Answer(_http(status, _error_body(status, message, kind, code), headers), latency)
+        return _Answer(
+            http_response(status, error_body(status, message, kind, code), headers), latency
+        )
 
     def _random_fault(self, entry: dict[str, Any], latency: float) -> _Answer | None:
         draw = self.random.random()
         config = self.config
         if draw < config.error_rate:
             entry["status"] = 500
-            body = _error_body(500, "The server had an error while processing your request.")
-            return _Answer(_http(500, body, [self._request_id()]), latency)
+            body = error_body(500, "The server had an error while processing your request.")
+            return _Answer(http_response(500, body, [self._request_id()]), latency)
         if draw < config.error_rate + config.hang_rate:
             return _Answer(fault="hang")
         if draw < config.error_rate + config.hang_rate + config.drop_rate:
@@ -258,25 +260,44 @@ class SimServer:
         if limit is not None:
             now = self.clock()
             rejection = limit.admit(now, usage.prompt_tokens + usage.output_tokens)
-            if self.config.rate_headers:
+            if self.config.rate_headers and self.capacity is None:
                 headers += limit.groq_headers(now) if groq else limit.openai_headers(now)
             if rejection is not None:
                 wait_ms = math.ceil(rejection.retry_after_s * 1000)
                 headers.append(("retry-after", str(math.ceil(wait_ms / 1000))))
                 headers.append(("retry-after-ms", str(wait_ms)))
                 message = rejection_message(rejection, model or "", groq)
-                error = _error_body(429, message, rejection.kind, "rate_limit_exceeded")
+                error = error_body(429, message, rejection.kind, "rate_limit_exceeded")
                 entry["status"] = 429
-                return _Answer(_http(429, error, headers))
+                return _Answer(http_response(429, error, headers))
         output = min(usage.output_tokens, DEFAULT_OUTPUT_TOKENS)
         hex_id = headers[0][1][4:]
         answer = answer_body(endpoint, body, hex_id, Usage(usage.prompt_tokens, output))
         entry["status"] = 200
-        return _Answer(_http(200, orjson.dumps(answer), headers), latency)
+        return self._place(
+            _Answer(http_response(200, orjson.dumps(answer), headers), latency), entry
+        )
+
+    def _place(self, answer: _Answer, entry: dict[str, Any]) -> _Answer:
+        """Capacity mode: queue the answer for service, or refuse it when the queue is full."""
+        capacity = self.capacity
+        if capacity is None:
+            return answer
+        if not capacity.full():
+            answer.job = capacity.place(answer.delay_s)
+            return answer
+        if self.config.overflow == "drop":
+            entry["status"] = None
+            return _Answer(fault="drop")
+        entry["status"] = 503
+        body = error_body(503, OVERLOADED_MESSAGE)
+        return _Answer(http_response(503, body, [self._request_id()]))
 
     def _error(self, entry: dict[str, Any], status: int, message: str, code: Any = None) -> _Answer:
         entry["status"] = status
-        return _Answer(_http(status, _error_body(status, message, code=code), [self._request_id()]))
+        return _Answer(
+            http_response(status, error_body(status, message, code=code), [self._request_id()])
+        )
 
     def _request_id(self) -> tuple[str, str]:
         return ("x-request-id", f"req_{self.ids.getrandbits(96):024x}")
@@ -291,6 +312,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.busy = False
+        self.job: Job | None = None  # capacity mode: the request waiting or in service
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -306,7 +328,11 @@ class _Connection(asyncio.Protocol):
             if request is None:
                 return
             answer = self.server.decide(request)
-            if answer.fault == "hang":
+            if answer.job is not None:
+                self.busy = True
+                self.job = answer.job
+                self.job.on_done = functools.partial(self._finish, answer)
+            elif answer.fault == "hang":
                 self.busy = True  # held open until the client gives up
             elif answer.delay_s > 0:
                 self.busy = True
@@ -316,6 +342,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, answer: _Answer) -> None:
         self.busy = False
+        self.job = None
         self._send(answer)
         self._serve()
 
@@ -362,12 +389,15 @@ class _Connection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         if self.transport is not None:
-            self.transport.write(_http(status, _error_body(status, message), []))
+            self.transport.write(http_response(status, error_body(status, message), []))
             self.transport.close()
         self.buffer.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        job, self.job = self.job, None
+        if job is not None and self.server.capacity is not None:
+            self.server.capacity.cancel(job)  # frees its slot or its place in the queue
 
 
 async def serve(config: SimConfig, announce: Callable[[str], None]) -> None:

@@ -119,8 +119,10 @@ def test_all_succeeded_exits_0_and_results_follow_the_batch_api_shape(
             "input_tokens",
             "output_tokens",
             "cost_usd",
+            "endpoint",
             "resumed",
         }
+        assert t["endpoint"].startswith("http://127.0.0.1:")
         assert (t["status"], t["attempts"], t["resumed"]) == ("succeeded", 1, False)
         assert t["latency_s"] >= 0 and t["queued_s"] >= 0
         assert t["input_tokens"] > 0 and t["output_tokens"] == 5
@@ -268,6 +270,8 @@ BATCH_FLAGS = [
     "--fresh",
     "--run-name",
     "--workers",
+    "--max-in-flight",
+    "--endpoint-max-in-flight",
     "--processes",
     "--strategy",
     "--rpm",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from turborun.config import (
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_S,
     DEFAULT_WORKERS,
@@ -34,7 +35,9 @@ def write(folder: Path, *, dotenv: str | None = None, toml: str | None = None) -
 
 def test_defaults_without_any_source(tmp_path: Path) -> None:
     config = load_config({}, environ={}, cwd=tmp_path)
-    assert config.workers == DEFAULT_WORKERS
+    assert config.workers is None  # auto: DEFAULT_WORKERS to start, sized from the limits
+    assert config.start_workers == DEFAULT_WORKERS
+    assert config.max_in_flight == DEFAULT_MAX_IN_FLIGHT
     assert config.processes == default_processes()
     assert config.strategy == "critical-path"
     assert config.max_retries == DEFAULT_MAX_RETRIES

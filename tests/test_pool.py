@@ -13,7 +13,7 @@ from turborun.pool import WorkerPool
 from turborun.records import FN_PROVIDER, Call
 from turborun.worker import WorkerSettings
 
-SETTINGS = WorkerSettings(threads=2, timeout_s=10, base_urls={}, api_keys={})
+SETTINGS = WorkerSettings(fn_threads=2, timeout_s=10, base_urls={}, api_keys={})
 
 
 def _call(custom_id: str, fn: str) -> Call:
@@ -33,7 +33,7 @@ def _wait_for(predicate, timeout_s=15.0):
 @pytest.fixture
 def pool(tmp_path, monkeypatch):
     monkeypatch.setenv("STEP_DIR", str(tmp_path))
-    p = WorkerPool(2, 2, SETTINGS)
+    p = WorkerPool(2, SETTINGS)
     p.start()
     yield p
     p.shutdown()

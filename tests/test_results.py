@@ -65,6 +65,7 @@ def test_succeeded_line_has_the_batch_api_shape() -> None:
         "input_tokens": 9,
         "output_tokens": 50,
         "cost_usd": 0.0000315,
+        "endpoint": None,
         "resumed": True,
     }
 

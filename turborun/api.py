@@ -129,8 +129,9 @@ def execute_batch(
     ``tasks``: a task-file path or dicts of the task-file schema. ``checkpoint``:
     the run name (its folder under the checkpoint dir); None with dicts keeps a
     private temporary checkpoint, None with a path uses the file's name.
-    ``settings``: workers, processes, strategy, rpm, tpm, max_retries, timeout_s,
-    checkpoint_dir, simulate (as the command-line flags). ``output``: where to write
+    ``settings``: workers, max_in_flight, endpoint_max_in_flight, processes, strategy,
+    rpm, tpm, max_retries, timeout_s, checkpoint_dir, simulate (as the command-line
+    flags). ``output``: where to write
     the results file (default for a path: beside it; for dicts: none).
     ``progress``: a callable taking ``Progress`` snapshots, True for the command
     line's display on stderr (a tqdm bar on a terminal, else periodic lines), or

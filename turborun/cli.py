@@ -30,7 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
     mode.add_argument("--fresh", action="store_true", help="discard the run's checkpoint")
     batch.add_argument("--run-name", help="checkpoint name (default: task file name)")
-    batch.add_argument("--workers", type=int, help="concurrent requests (default 120)")
+    batch.add_argument(
+        "--workers",
+        type=int,
+        help="requests in flight, fixed (default: auto, 120 to start, sized by rate x latency)",
+    )
+    batch.add_argument(
+        "--max-in-flight", type=int, help="ceiling of the auto sizing (default 8192)"
+    )
+    batch.add_argument(
+        "--endpoint-max-in-flight", type=int, help="cap on requests in flight per base URL"
+    )
     batch.add_argument("--processes", type=int, help="worker processes (default min(8, CPUs))")
     batch.add_argument("--strategy", choices=STRATEGIES, help="ready-queue order")
     batch.add_argument("--rpm", type=float, help="requests per minute, every model")
@@ -79,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "workers": args.workers,
+        "max_in_flight": args.max_in_flight,
+        "endpoint_max_in_flight": args.endpoint_max_in_flight,
         "processes": args.processes,
         "strategy": args.strategy,
         "rpm": args.rpm,

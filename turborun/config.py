@@ -21,7 +21,8 @@ from dotenv import dotenv_values
 
 from turborun.exceptions import ConfigError
 
-DEFAULT_WORKERS = 120
+DEFAULT_WORKERS = 120  # requests in flight at the start of a run (auto sizing grows it)
+DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_S = 120.0
 STRATEGIES = ("critical-path", "tokens", "fifo")
@@ -41,7 +42,9 @@ class Limit:
 
 @dataclass(slots=True)
 class Config:
-    workers: int = DEFAULT_WORKERS
+    workers: int | None = None  # None: auto (DEFAULT_WORKERS to start, sized by rate × latency)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    endpoint_max_in_flight: int | None = None  # a cap for every endpoint
     processes: int = field(default_factory=default_processes)
     strategy: str = "critical-path"
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -55,6 +58,10 @@ class Config:
     override_limit: Limit = field(default_factory=Limit)
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
     base_urls: dict[str, str] = field(default_factory=dict)
+    # Several base URLs serving one provider (OPENAI_BASE_URL=a,b) or one model (configs/)
+    provider_endpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    model_endpoints: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    endpoint_caps: dict[str, int] = field(default_factory=dict)  # base URL -> max_in_flight
     # Pricing: USD per million tokens, by (provider, model): {"input", "cached_input", "output"}
     pricing: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     breaker_failures: int = 8  # consecutive failures on one bucket before a cool-down
@@ -62,6 +69,21 @@ class Config:
     grace_s: float = 15.0  # how long Ctrl-C lets in-flight requests finish
     simulate: bool = False
     progress: bool = True
+
+    @property
+    def start_workers(self) -> int:
+        """Requests in flight at the start: ``workers`` when fixed, else DEFAULT_WORKERS."""
+        return self.workers if self.workers is not None else DEFAULT_WORKERS
+
+    def endpoints_for(self, provider: str, model: str) -> tuple[str | None, ...]:
+        """Base URLs serving (provider, model); (None,): the provider's configured one."""
+        urls = self.model_endpoints.get((provider, model)) or self.provider_endpoints.get(provider)
+        return urls or (None,)
+
+    def endpoint_cap(self, url: str | None) -> int | None:
+        """An explicit cap on requests in flight to one base URL, if any."""
+        key = url if url is not None else ""
+        return self.endpoint_caps.get(key.rstrip("/"), self.endpoint_max_in_flight)
 
     def limit_for(self, provider: str, model: str) -> Limit:
         """Effective configured limit of one bucket (fields None: learn them)."""
@@ -86,6 +108,8 @@ DOTENV_FILE = ".env"
 # Flag keys as the command line spells them (error messages name what the user typed).
 FLAG_NAMES = {
     "workers": "--workers",
+    "max_in_flight": "--max-in-flight",
+    "endpoint_max_in_flight": "--endpoint-max-in-flight",
     "processes": "--processes",
     "strategy": "--strategy",
     "rpm": "--rpm",
@@ -165,9 +189,22 @@ def _base_url(label: str, raw: Any, where: str = "") -> str:
     return value
 
 
+def _base_urls(label: str, raw: Any, where: str = "") -> tuple[str, ...]:
+    """One base URL, or several separated by commas (a model served by a fleet)."""
+    parts = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = tuple(_base_url(label, part, where) for part in parts if str(part).strip())
+    if not urls:
+        raise _fail(label, raw, "holds no URL", where)
+    if len(set(urls)) != len(urls):
+        raise _fail(label, raw, "names the same URL twice", where)
+    return urls
+
+
 # name -> (environment variable, parser); configs' [defaults] table takes the same names.
 _SETTINGS: dict[str, tuple[str, _Parser]] = {
     "workers": ("TURBORUN_WORKERS", _positive_int),
+    "max_in_flight": ("TURBORUN_MAX_IN_FLIGHT", _positive_int),
+    "endpoint_max_in_flight": ("TURBORUN_ENDPOINT_MAX_IN_FLIGHT", _positive_int),
     "processes": ("TURBORUN_PROCESSES", _positive_int),
     "strategy": ("TURBORUN_STRATEGY", _strategy),
     "max_retries": ("TURBORUN_MAX_RETRIES", _non_negative_int),
@@ -183,6 +220,8 @@ class _TomlConfig:
     defaults: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (value, where)
     provider_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     model_limits: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    model_endpoints: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    endpoint_caps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +282,8 @@ def load_config(
         value = sources.setting(name)
         if value is not None:
             setattr(config, name, value)
-    config.processes = min(config.processes, config.workers)  # clamped, not an error
+    if config.workers is not None:
+        config.processes = min(config.processes, config.workers)  # clamped, not an error
     config.override_limit = Limit(
         rpm=_flag_limit(flags, "rpm"),
         tpm=_flag_limit(flags, "tpm"),
@@ -261,7 +301,12 @@ def load_config(
     for provider, variable in BASE_URL_VARIABLES.items():
         found = sources.variable(variable)
         if found is not None:
-            config.base_urls[provider] = _base_url(variable, found[0], found[1])
+            urls = _base_urls(variable, found[0], found[1])
+            config.base_urls[provider] = urls[0]
+            if len(urls) > 1:
+                config.provider_endpoints[provider] = urls
+    config.model_endpoints = dict(sources.toml.model_endpoints)
+    config.endpoint_caps = dict(sources.toml.endpoint_caps)
     if flags.get("simulate") is not None:
         config.simulate = bool(flags["simulate"])
     if flags.get("progress") is not None:
@@ -323,6 +368,8 @@ def _merge_toml(merged: _TomlConfig, data: dict[str, Any], where: str) -> None:
     for top, table in data.items():
         if top == "defaults":
             _merge_defaults(merged, table, where)
+        elif top == "endpoints":
+            _merge_endpoints(merged, table, where)
         elif top in KEY_VARIABLES:
             _merge_provider(merged, top, table, where)
         elif isinstance(table, dict) and any(
@@ -363,6 +410,27 @@ def _merge_provider(merged: _TomlConfig, provider: str, table: Any, where: str) 
                     label = f'{provider}."{key}".{limit}'
                     parsed = _positive_number(label, value[limit], where)
                     merged.model_limits.setdefault((provider, key), {})[limit] = parsed
+            if "base_urls" in value:
+                label = f'{provider}."{key}".base_urls'
+                merged.model_endpoints[(provider, key)] = _base_urls(
+                    label, value["base_urls"], where
+                )
+
+
+def _merge_endpoints(merged: _TomlConfig, table: Any, where: str) -> None:
+    """``[endpoints."http://gpu1:8000/v1"] max_in_flight = 64``: a cap per base URL."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: endpoints", str(table), f"{where}: endpoints is not a table")
+    for url, settings in table.items():
+        label = f'endpoints."{url}"'
+        _base_url(label, url, where)
+        if not isinstance(settings, dict) or set(settings) - {"max_in_flight"}:
+            raise ConfigError(
+                f"{where}: {label}", str(settings), f"{where}: {label} takes only max_in_flight"
+            )
+        if "max_in_flight" in settings:
+            cap = _positive_int(f"{label}.max_in_flight", settings["max_in_flight"], where)
+            merged.endpoint_caps[url.strip().rstrip("/")] = cap
 
 
 def require_keys(config: Config, providers: Iterable[str]) -> None:

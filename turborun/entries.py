@@ -20,9 +20,16 @@ def is_retryable(outcome: Outcome) -> bool:
 
 
 def outcome_entry(
-    task: Task, outcome: Outcome, *, attempts: int, queued_s: float, cost_usd: float | None
+    task: Task,
+    outcome: Outcome,
+    *,
+    attempts: int,
+    queued_s: float,
+    cost_usd: float | None,
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The entry of a node whose last attempt produced ``outcome``."""
+    """The entry of a node whose last attempt produced ``outcome`` (at ``endpoint``: the
+    base URL that answered, or the provider's name for its configured one)."""
     error = None
     if not outcome.ok:
         error = {"code": outcome.error_kind or "error", "message": outcome.error_message or ""}
@@ -43,6 +50,7 @@ def outcome_entry(
         "cost_usd": cost_usd,
         "latency_s": round(outcome.latency_s, 6),
         "queued_s": round(queued_s, 6),
+        "endpoint": endpoint,
         "finished_at": time.time(),
     }
 

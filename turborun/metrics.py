@@ -58,7 +58,9 @@ class Metrics:
     makespan_s: float = 0.0
     critical_path_s: float = 0.0  # lower bound: longest chain of measured durations
     busy_s: float = 0.0  # summed attempt latencies
-    workers: int = 0
+    workers: int = 0  # the in-flight target at its peak (--workers N: N)
+    peak_in_flight: int = 0  # requests and steps held by workers at once, at the most
+    peak_target: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None

@@ -1,4 +1,4 @@
-"""P worker processes × T threads, each process with its own channel.
+"""P worker processes, each with its own channel, holding any number of Calls.
 
 Why not multiprocessing.Pool or one shared Queue: a process SIGKILLed while
 using a shared queue stalls the survivors, and Pool hangs on a dead worker
@@ -6,14 +6,12 @@ using a shared queue stalls the survivors, and Pool hangs on a dead worker
 which Calls each holds and learns of a death through ``Process.sentinel``: the
 dead process's Calls come back to the caller and a replacement starts.
 
-Each process holds at most as many Calls as it has threads. CPython's executor
-queues one extra Call to keep threads busy; here that extra Call costs more than
-it saves: with few threads per process it is picked by the next free thread
-ahead of a critical-path node that becomes ready a moment later (measured by
-scripts/bench_dag.py: 4 workers, 56.7 units with one extra against 52.x
-without), while the supervisor's round trip it would hide is well under a
-millisecond. Anything not yet handed over can still be reordered, delayed or
-cancelled.
+The pool sets no limit of its own: the supervisor decides how many Calls are in
+flight (its target follows rate × latency, docs/DESIGN.md) and hands each to the
+process holding the fewest, HTTP calls and Python steps counted apart (a process
+runs ``fn_threads`` steps at once). A process starts each HTTP Call at once on its
+event loop, so nothing waits inside a worker: anything not yet handed over can
+still be reordered, delayed or cancelled.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from turborun.exceptions import WorkerStartError
-from turborun.records import Call, Outcome
+from turborun.records import FN_PROVIDER, Call, Outcome
 from turborun.worker import WorkerSettings, worker_main
 
 _PRELOAD = ("turborun.worker", "turborun.providers", "openai", "groq")
@@ -44,6 +42,7 @@ class _Slot:
     calls: Connection  # supervisor → worker
     outcomes: Connection  # worker → supervisor
     held: dict[str, Call] = field(default_factory=dict)
+    steps: int = 0  # Python steps among ``held``
 
 
 @dataclass(slots=True)
@@ -61,7 +60,6 @@ class WorkerPool:
     def __init__(
         self,
         processes: int,
-        threads: int,
         settings: WorkerSettings,
         start_method: str = "forkserver",
     ) -> None:
@@ -74,7 +72,6 @@ class WorkerPool:
             # start in ~0.3 s instead of ~2 s, and so does a replacement.
             self._ctx.set_forkserver_preload(list(_PRELOAD))
         self._processes = processes
-        self.threads = threads
         self._settings = settings
         self._slots: list[_Slot] = []
         self._started = False  # every process said hello
@@ -83,8 +80,13 @@ class WorkerPool:
         self.deaths = 0
 
     @property
-    def capacity(self) -> int:
-        return self._processes * self.threads
+    def processes(self) -> int:
+        return self._processes
+
+    @property
+    def fn_slots(self) -> int:
+        """Python steps the pool runs at once."""
+        return self._processes * self._settings.fn_threads
 
     def start(self, timeout_s: float = 120.0) -> None:
         self._launch()
@@ -171,24 +173,28 @@ class WorkerPool:
         return sum(1 for s in self._slots if s.process.is_alive())
 
     def in_flight(self) -> int:
+        """Calls handed over and not yet answered, steps included."""
         return sum(len(s.held) for s in self._slots)
 
-    def free(self) -> int:
-        return sum(self.threads - len(s.held) for s in self._slots)
+    def steps_in_flight(self) -> int:
+        return sum(s.steps for s in self._slots)
 
     def send(self, calls: list[Call]) -> None:
-        """Hand Calls to the processes with the most room. The caller never sends
-        more than ``free()``."""
+        """Hand each Call to the process holding the fewest of its kind (HTTP calls
+        and Python steps are balanced apart)."""
         batches: dict[int, list[Call]] = {}
-        room = [self.threads - len(s.held) for s in self._slots]
+        requests = [len(s.held) - s.steps for s in self._slots]
+        steps = [s.steps for s in self._slots]
         for call in calls:
-            i = max(range(len(room)), key=room.__getitem__)
-            room[i] -= 1
+            load = steps if call.provider == FN_PROVIDER else requests
+            i = min(range(len(load)), key=load.__getitem__)
+            load[i] += 1
             batches.setdefault(i, []).append(call)
         for i, batch in batches.items():
             slot = self._slots[i]
             for call in batch:
                 slot.held[call.custom_id] = call
+                slot.steps += call.provider == FN_PROVIDER
             try:
                 slot.calls.send(batch)
             except (OSError, ValueError):
@@ -220,7 +226,9 @@ class WorkerPool:
             while True:
                 batch = slot.outcomes.recv()
                 for outcome in batch:
-                    if slot.held.pop(outcome.custom_id, None) is not None:
+                    call = slot.held.pop(outcome.custom_id, None)
+                    if call is not None:
+                        slot.steps -= call.provider == FN_PROVIDER
                         events.outcomes.append(outcome)
                 if not slot.outcomes.poll(0):
                     return

@@ -19,7 +19,8 @@ def _postfix(p: Progress) -> str:
         tpm += f"/{p.tpm_limit / 1000:.0f}k"
     cost = "-" if p.cost_usd is None else f"${p.cost_usd:.4f}"
     return (
-        f"failed={p.failed} retrying={p.retrying} 429s={p.rate_limited} tok/min={tpm} cost={cost}"
+        f"in flight={p.in_flight}/{p.target} failed={p.failed} retrying={p.retrying} "
+        f"429s={p.rate_limited} tok/min={tpm} cost={cost}"
     )
 
 

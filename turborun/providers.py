@@ -13,11 +13,12 @@ and called with the decoded dependency results.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -38,17 +39,24 @@ from turborun.records import (
 )
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
-THREADS_PER_CLIENT = 4
+# One async client per this many requests in flight: httpx scans its connection pool
+# under one lock per request, so a single client holding 1,500 requests spends ~4x the
+# CPU per request of 8 clients (see docs/DESIGN.md, "Requests in flight").
+REQUESTS_PER_CLIENT = 32
 _MAX_MESSAGE_CHARS = 500
 
 
+@dataclass(slots=True)
+class _Client:
+    sdk: Any
+    active: int = 0
+
+
 class Providers:
-    """Built inside each worker process after it starts: openai.OpenAI and groq.Groq
-    clients (max_retries=0, timeout=timeout_s), created lazily on first use. httpx
-    clients are thread-safe, but one client's connection pool (one lock, scanned per
-    request) is contended by many threads: each client serves THREADS_PER_CLIENT
-    threads (scripts/bench_throughput.py; in one process of 60 threads, 15 clients
-    spend ~20 % less CPU per request than one)."""
+    """Built inside each worker process after it starts. HTTP calls go through the
+    SDKs' async clients (``openai.AsyncOpenAI``, ``groq.AsyncGroq``; max_retries=0) on
+    the worker's event loop, one client per REQUESTS_PER_CLIENT requests in flight to
+    each (provider, base URL); Python steps run in the caller's thread (``call``)."""
 
     def __init__(
         self, api_keys: dict[str, str], base_urls: dict[str, str], timeout_s: float
@@ -56,65 +64,81 @@ class Providers:
         self._api_keys = dict(api_keys)
         self._base_urls = dict(base_urls)
         self._timeout_s = timeout_s
-        self._clients: dict[tuple[str, int], Any] = {}
+        self._clients: dict[tuple[str, str | None], list[_Client]] = {}
         self._functions: dict[str, Callable[[Any], Any]] = {}
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._threads_seen = 0
-        self._ssl: dict[str, Any] = {}  # per provider; built under self._lock
+        self._ssl: dict[str, Any] = {}  # per provider
         self._secrets = [key for key in api_keys.values() if key]
+        self._runner: asyncio.Runner | None = None
 
     def call(self, call: Call) -> Outcome:
-        """One attempt; never raises for provider trouble."""
+        """One attempt from a plain thread; never raises for provider trouble. A Python
+        step runs here; an HTTP call runs on this object's own event loop (for scripts
+        and tests: a worker process sends HTTP calls through ``acall`` on its loop)."""
         if call.provider == FN_PROVIDER:
             return self._call_fn(call)
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(self.acall(call))
+
+    async def acall(self, call: Call) -> Outcome:
+        """One HTTP attempt, bounded as a whole by ``call.timeout_s`` (a server that
+        trickles its answer cannot hold it longer); never raises for provider trouble."""
         start = time.perf_counter()
         try:
-            response = self._post(call)
+            async with asyncio.timeout(call.timeout_s):
+                response = await self._post(call)
+        except TimeoutError:
+            message = f"no complete answer within {call.timeout_s:g} s"
+            return _failure(call, None, TIMEOUT, message, time.perf_counter() - start)
         except Exception as error:  # every SDK/transport error becomes an Outcome here
             return self._outcome_from_error(call, error, time.perf_counter() - start)
         return _outcome_from_response(call, response, time.perf_counter() - start)
 
-    def warm_up(self) -> None:
-        """Build the clients of every provider with a key now, at process start, so
-        the first requests of a run do not wait for SDK imports and client set-up."""
+    async def warm_up(self) -> None:
+        """Build a client for every provider with a key now, at process start, so the
+        first requests of a run do not wait for SDK imports and client set-up."""
         for provider in ("openai", "groq"):
             if self._api_keys.get(provider):
-                self._client_at((provider, 0))
+                self._client_for(provider, None).active -= 1
 
-    def _post(self, call: Call) -> Any:
-        client = self._client(call.provider)
-        path = _provider_path(call.provider, call.url)
-        options = {"headers": _JSON_HEADERS, "timeout": call.timeout_s}
-        cast_to = _response_class(call.provider)
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    async def _post(self, call: Call) -> Any:
         method = call.method.upper()
-        if method == "POST":
-            return client.post(path, content=call.body, cast_to=cast_to, options=options)
-        if method == "GET":
-            return client.get(path, cast_to=cast_to, options=options)
-        raise _UnsupportedMethod(f"method {method} is not supported; use POST or GET")
+        if method not in ("POST", "GET"):
+            raise _UnsupportedMethod(f"method {method} is not supported; use POST or GET")
+        client = self._client_for(call.provider, call.base_url)
+        try:
+            path = _provider_path(call.provider, call.url)
+            options = {"headers": _JSON_HEADERS, "timeout": call.timeout_s}
+            cast_to = _response_class(call.provider)
+            if method == "POST":
+                return await client.sdk.post(
+                    path, content=call.body, cast_to=cast_to, options=options
+                )
+            return await client.sdk.get(path, cast_to=cast_to, options=options)
+        finally:
+            client.active -= 1
 
-    def _client(self, provider: str) -> Any:
-        return self._client_at((provider, self._shard()))
+    def _client_for(self, provider: str, base_url: str | None) -> _Client:
+        """The least busy client of (provider, base URL), counted as busy once more; a
+        new one when every client already holds REQUESTS_PER_CLIENT requests."""
+        if provider not in ("openai", "groq"):
+            raise ValueError(f"unknown provider {provider!r}")
+        clients = self._clients.setdefault((provider, base_url), [])
+        best = min(clients, key=lambda c: c.active, default=None)
+        if best is None or best.active >= REQUESTS_PER_CLIENT:
+            best = _Client(self._build_client(provider, base_url))
+            clients.append(best)
+        best.active += 1
+        return best
 
-    def _client_at(self, key: tuple[str, int]) -> Any:
-        client = self._clients.get(key)
-        if client is None:
-            with self._lock:
-                client = self._clients.get(key) or self._build_client(key[0])
-                self._clients[key] = client
-        return client
-
-    def _shard(self) -> int:
-        """This thread's client number: threads take numbers in the order they first
-        call, THREADS_PER_CLIENT to a number."""
-        shard = getattr(self._local, "shard", None)
-        if shard is None:
-            with self._lock:
-                shard = self._threads_seen // THREADS_PER_CLIENT
-                self._threads_seen += 1
-            self._local.shard = shard
-        return shard
+    def clients(self, provider: str, base_url: str | None = None) -> int:
+        """How many clients serve (provider, base URL) in this process."""
+        return len(self._clients.get((provider, base_url), []))
 
     def _ssl_context(self, provider: str, create: Callable[[], Any]) -> Any:
         context = self._ssl.get(provider)
@@ -122,35 +146,34 @@ class Providers:
             context = self._ssl[provider] = create()
         return context
 
-    def _build_client(self, provider: str) -> Any:
+    def _build_client(self, provider: str, base_url: str | None) -> Any:
         kwargs: dict[str, Any] = {
             "api_key": self._api_keys.get(provider) or "missing-key",
             "max_retries": 0,
             "timeout": self._timeout_s,
         }
-        if self._base_urls.get(provider):
-            kwargs["base_url"] = self._base_urls[provider]
+        url = base_url or self._base_urls.get(provider)
+        if url:
+            kwargs["base_url"] = url
         # Each client would load the CA bundle again (~45 ms); a process's clients
         # share the context their library would build (same certificates, same
-        # SSL_CERT_FILE/SSL_CERT_DIR handling).
+        # SSL_CERT_FILE/SSL_CERT_DIR handling). No cap on connections: the supervisor
+        # bounds what is in flight; idle ones expire after 5 s.
         if provider == "openai":
             import httpx2
             import openai
 
             verify = self._ssl_context("openai", httpx2.create_ssl_context)
-            http_client = openai.DefaultHttpxClient(verify=verify)
-            return openai.OpenAI(http_client=http_client, **kwargs)
-        if provider == "groq":
-            import groq
-            import httpx
+            limits = httpx2.Limits(max_connections=None, max_keepalive_connections=None)
+            http_client = openai.DefaultAsyncHttpxClient(verify=verify, limits=limits)
+            return openai.AsyncOpenAI(http_client=http_client, **kwargs)
+        import groq
+        import httpx
 
-            # groq's default pool (100 connections, 20 kept alive) would queue and churn
-            # connections under a process's threads: size it like openai's.
-            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-            verify = self._ssl_context("groq", httpx.create_ssl_context)
-            http_client = groq.DefaultHttpxClient(limits=limits, verify=verify)
-            return groq.Groq(http_client=http_client, **kwargs)
-        raise ValueError(f"unknown provider {provider!r}")
+        verify = self._ssl_context("groq", httpx.create_ssl_context)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        http_client = groq.DefaultAsyncHttpxClient(limits=limits, verify=verify)
+        return groq.AsyncGroq(http_client=http_client, **kwargs)
 
     def _outcome_from_error(self, call: Call, error: Exception, latency_s: float) -> Outcome:
         response = getattr(error, "response", None)

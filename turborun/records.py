@@ -36,7 +36,8 @@ class Call:
     url: str
     body: bytes  # HTTP: the rendered JSON body; fn: JSON of {dep_id: {"text", "value"}}
     fn: str | None = None  # "package.module:function" for a Python step
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # the whole attempt, from sending to the last byte
+    base_url: str | None = None  # the endpoint to send to; None: the provider's configured one
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ def _turborun_part(entry: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
         "input_tokens": entry.get("input_tokens"),
         "output_tokens": entry.get("output_tokens"),
         "cost_usd": entry.get("cost_usd"),
+        "endpoint": entry.get("endpoint"),
         "resumed": resumed,
     }
 

@@ -47,6 +47,11 @@ class ReadyQueue:
         heapq.heappush(heap, (key, node))
         self._size += 1
 
+    def count(self, bucket: Hashable) -> int:
+        """Entries waiting in one bucket (stale ones included)."""
+        heap = self._heaps.get(bucket)
+        return len(heap) if heap else 0
+
     def heads(self) -> list[tuple[SortKey, int, Hashable]]:
         """The best entry of each non-empty bucket."""
         return [(h[0][0], h[0][1], b) for b, h in self._heaps.items() if h]

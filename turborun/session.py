@@ -8,14 +8,18 @@ import logging
 import math
 import multiprocessing as mp
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from turborun.budget import Budget
 from turborun.checkpoint import Checkpoint
+from turborun.concurrency import InFlightTarget
 from turborun.config import Config, require_keys
+from turborun.endpoints import Endpoints
 from turborun.exceptions import WorkerStartError
+from turborun.fdlimit import RESERVED_FDS, raise_open_file_limit, sockets_per_process
 from turborun.latency import LatencyModel
 from turborun.pool import MAIN_GUARD_HINT, WorkerPool
 from turborun.pricing import Pricing
@@ -50,6 +54,7 @@ class RunSession:
         self._log_handler: logging.Handler | None = None
         self.budget: Budget | None = None
         self.latency: LatencyModel | None = None
+        self.target: InFlightTarget | None = None
 
     def __enter__(self) -> RunSession:
         try:
@@ -91,20 +96,23 @@ class RunSession:
         )
         self.pricing = Pricing.load(Pricing.default_paths(Path.cwd()))
         self.latency = LatencyModel(config.checkpoint_dir / "_latency.json")
-        processes = max(1, min(config.processes, config.workers))
-        threads = math.ceil(config.workers / processes)
+        start = config.start_workers
+        processes = max(1, min(config.processes, start))
+        self.target = _in_flight_target(config, processes)
         settings = WorkerSettings(
-            threads=threads,
+            fn_threads=math.ceil(start / processes),
             timeout_s=config.timeout_s,
             base_urls=dict(config.base_urls),
             api_keys=dict(config.api_keys),
         )
-        self.pool = WorkerPool(processes, threads, settings)
+        self.pool = WorkerPool(processes, settings)
         self.pool.launch()  # the supervisor waits for it when it has work
+        sizing = "fixed" if config.workers is not None else f"auto, ceiling {self.target.ceiling}"
         log.info(
-            "run %s: %d workers in %d processes, strategy %s",
+            "run %s: %d requests in flight to start (%s) in %d processes, strategy %s",
             self.run_name,
-            config.workers,
+            self.target.value,
+            sizing,
             processes,
             config.strategy,
         )
@@ -136,6 +144,14 @@ class RunSession:
     ) -> Supervisor:
         assert self.checkpoint is not None and self.pool is not None
         assert self.budget is not None and self.latency is not None
+        assert self.target is not None
+        config = self.config
+        endpoints = Endpoints(
+            config.endpoints_for,
+            config.endpoint_cap,
+            default_label=lambda provider: config.base_urls.get(provider) or provider,
+            clock=time.monotonic,
+        )
         return Supervisor(
             self.config,
             self.checkpoint.journal,
@@ -144,6 +160,8 @@ class RunSession:
             self.latency,
             body_of=body_of,
             pool=self.pool,
+            target=self.target,
+            endpoints=endpoints,
             on_done=on_done,
             on_progress=on_progress,
         )
@@ -172,3 +190,26 @@ class RunSession:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def _in_flight_target(config: Config, processes: int) -> InFlightTarget:
+    """The run's in-flight target, its ceiling bounded by the open-file limit: the soft
+    limit is raised toward the hard one first (worker processes raise their own too)."""
+    ceiling = config.max_in_flight if config.workers is None else config.workers
+    per_process = math.ceil(ceiling / processes) + RESERVED_FDS
+    soft, hard = raise_open_file_limit(per_process)
+    allowed = processes * sockets_per_process(soft)
+    if allowed < ceiling:
+        log.warning(
+            "the open-file limit (soft %d, hard %d) allows at most %d requests in flight "
+            "on %d processes, not %d: raise it (ulimit -n) or use more --processes",
+            soft,
+            hard,
+            allowed,
+            processes,
+            ceiling,
+        )
+        ceiling = allowed
+    if config.workers is not None:
+        return InFlightTarget(start=ceiling, ceiling=ceiling, fixed=ceiling)
+    return InFlightTarget(start=config.start_workers, ceiling=ceiling)

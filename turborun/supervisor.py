@@ -1,9 +1,11 @@
 """The supervisor: the one loop that owns all run state.
 
-    tasks ─► Supervisor ─────── Calls ───────► WorkerPool (P processes × T threads)
+    tasks ─► Supervisor ─────── Calls ───────► WorkerPool (P processes, an event loop each)
              │ Graph (DAG, ranks)                    │ one request each, stateless
              │ ReadyQueue (per bucket)               │
              │ Budget (RPM/TPM per provider/model)   │
+             │ InFlightTarget (rate × latency)       │
+             │ Endpoints (base URLs, adaptive caps)  │
              │ Timers (retries)                      │
              │ Journal ◄── entries ◄── Outcomes ◄────┘
              └─► dependents released only after their parents' entries are committed
@@ -35,7 +37,9 @@ import orjson
 from turborun.backoff import retry_delay_s
 from turborun.budget import Bucket, Budget
 from turborun.checkpoint import Journal
+from turborun.concurrency import BucketLoad, InFlightTarget, rate_demand
 from turborun.config import Config
+from turborun.endpoints import Endpoint, Endpoints
 from turborun.entries import (
     DEPENDENCY_FAILED,
     FAILED,
@@ -64,6 +68,7 @@ log = logging.getLogger("turborun")
 _FN_BUCKET = ("fn", "")
 _MAX_DEATHS_PER_NODE = 3  # a node that took down this many workers fails instead
 _MAX_WAIT_S = 1.0  # an upper bound on one wait, never a poll interval
+_TARGET_REFRESH_S = 0.25  # how often the in-flight target is recomputed
 
 DoneCallback = Callable[[str, dict[str, Any]], None]
 
@@ -80,6 +85,8 @@ class Progress:
     tokens_per_min: int
     tpm_limit: float | None
     cost_usd: float | None
+    in_flight: int = 0  # requests and steps handed to workers, not yet answered
+    target: int = 0  # requests the pool may hold in flight now
 
 
 class Supervisor:
@@ -93,6 +100,8 @@ class Supervisor:
         *,
         body_of: Callable[[Task], dict[str, Any]],
         pool: WorkerPool,
+        target: InFlightTarget,
+        endpoints: Endpoints,
         on_done: DoneCallback | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -104,6 +113,10 @@ class Supervisor:
         self.pricing = pricing
         self.latency = latency
         self.pool = pool
+        self.target = target
+        self.endpoints = endpoints
+        self._loads: dict[Hashable, BucketLoad] = {}
+        self._next_target = 0.0
         self._body_of = body_of
         self._estimator = TokenEstimator()  # for tasks loaded UNESTIMATED
         self._on_done = on_done
@@ -116,7 +129,7 @@ class Supervisor:
         self._deps: list[tuple[int, ...]] = []
         self.ready = ReadyQueue()
         self.timers = Timers()
-        self.metrics = Metrics(workers=config.workers)
+        self.metrics = Metrics(workers=target.value)
         self._stats: dict[tuple[str, str], ModelStats] = {}
         self._attempts: list[int] = []
         self._deaths: dict[int, int] = {}
@@ -124,6 +137,8 @@ class Supervisor:
         self._ready_at: list[float] = []
         self._queued_s: list[float] = []
         self._duration_s: list[float] = []  # measured, for the critical-path lower bound
+        self._endpoint: list[Endpoint | None] = []  # where the node's attempt in flight went
+        self._sent_at: list[float] = []
         self._open = 0  # nodes not finished
         self._done = 0
         self._disabled: dict[str, str] = {}  # provider → why (401/403)
@@ -210,6 +225,8 @@ class Supervisor:
             self._ready_at.append(0.0)
             self._queued_s.append(-1.0)
             self._duration_s.append(0.0)
+            self._endpoint.append(None)
+            self._sent_at.append(0.0)
             self._open += 1
             self.metrics.total += 1
 
@@ -333,37 +350,93 @@ class Supervisor:
         return dataclasses.replace(task, prompt_tokens=tokens)
 
     def _dispatch(self, now: float) -> float | None:
-        """Send as many ready nodes as workers and budgets allow; return the earliest
-        moment a blocked bucket may spend again (None: nothing is waiting on a budget)."""
-        free = self.pool.free()
+        """Send as many ready nodes as the in-flight target, the endpoints and the budgets
+        allow; return the earliest moment a blocked bucket may spend again (None:
+        nothing is waiting on a budget)."""
+        self._refresh_target(now)
+        steps = self.pool.steps_in_flight()
+        room = self.target.value - (self.pool.in_flight() - steps)
+        step_room = self.pool.fn_slots - steps
         calls: list[Call] = []
         wake_at: float | None = None
-        while free > 0 and len(self.ready):
-            best: tuple[Any, int, Hashable, int] | None = None
+        adaptive: dict[Hashable, bool] = {}
+        while (room > 0 or step_room > 0) and len(self.ready):
+            best: tuple[Any, int, Hashable, int, Endpoint | None] | None = None
             for key, node, bucket_key in self.ready.heads():
+                if best is not None and key >= best[0]:
+                    continue
+                if (step_room if bucket_key == _FN_BUCKET else room) <= 0:
+                    continue
                 cost = self._reserve_cost(bucket_key, node)
-                bucket = self._bucket(bucket_key)
-                if bucket is not None and self.tasks[node].provider not in self._disabled:
-                    at = bucket.ready_at(cost)
-                    if at > now:
-                        if at != float("inf"):
-                            wake_at = at if wake_at is None else min(wake_at, at)
-                        continue
-                if best is None or key < best[0]:
-                    best = (key, node, bucket_key, cost)
+                at, endpoint = self._may_send(bucket_key, node, cost, now, adaptive)
+                if at > now:
+                    if at != float("inf"):
+                        wake_at = at if wake_at is None else min(wake_at, at)
+                    continue
+                best = (key, node, bucket_key, cost, endpoint)
             if best is None:
                 break
-            _, node, bucket_key, cost = best
+            _, node, bucket_key, cost, endpoint = best
             self.ready.pop(bucket_key)
             if self.graph.state[node] != READY:
                 continue  # skipped while it waited
-            call = self._prepare(node, bucket_key, cost, now)
+            call = self._prepare(node, bucket_key, cost, now, endpoint)
             if call is not None:
                 calls.append(call)
-                free -= 1
+                if bucket_key == _FN_BUCKET:
+                    step_room -= 1
+                else:
+                    room -= 1
         if calls:
             self.pool.send(calls)
+            in_flight = self.pool.in_flight()
+            self.metrics.peak_in_flight = max(self.metrics.peak_in_flight, in_flight)
         return wake_at
+
+    def _may_send(
+        self, bucket_key: Hashable, node: int, cost: int, now: float, adaptive: dict[Hashable, bool]
+    ) -> tuple[float, Endpoint | None]:
+        """(when the node's bucket may spend ``cost``, the endpoint to send it to)."""
+        bucket = self._bucket(bucket_key)
+        task = self.tasks[node]
+        if bucket is None or task.provider in self._disabled:
+            return now, None  # a step, or a node that fails at once in _prepare
+        at = bucket.ready_at(cost)
+        if at > now:
+            return at, None
+        if bucket_key not in adaptive:
+            adaptive[bucket_key] = _unlimited(bucket)
+        endpoint = self.endpoints.choose(task.provider, task.model, adaptive[bucket_key], now)
+        if endpoint is None:
+            return self.endpoints.ready_at(task.provider, task.model), None
+        return now, endpoint
+
+    def _refresh_target(self, now: float) -> None:
+        """Little's law per bucket with work (concurrency.py), summed into the target."""
+        if now < self._next_target:
+            return
+        self._next_target = now + _TARGET_REFRESH_S
+        demands = []
+        for bucket in self.budget.buckets():
+            key = (bucket.provider, bucket.model)
+            pending = bucket.in_flight + self.ready.count(key)
+            if pending <= 0:
+                continue
+            demands.append(min(float(pending), self._demand(bucket, now)))
+        self.target.update(demands)
+
+    def _demand(self, bucket: Bucket, now: float) -> float:
+        if bucket.state() == "learning":
+            return bucket.in_flight + 1.0
+        endpoints = self.endpoints
+        if bucket.rpm is None and bucket.tpm is None:
+            return endpoints.allowance(bucket.provider, bucket.model, adaptive=True)
+        load = self._loads.get((bucket.provider, bucket.model)) or BucketLoad()
+        output = int(load.tokens_per_request)
+        expected = self.latency.expected_s(bucket.provider, bucket.model, output)
+        latency = load.latency_s(now, expected)
+        demand = rate_demand(bucket.rpm, bucket.tpm, load.tokens_per_request, latency)
+        return min(demand, endpoints.allowance(bucket.provider, bucket.model, adaptive=False))
 
     def _reserve_cost(self, bucket_key: Hashable, node: int) -> int:
         bucket = self._bucket(bucket_key)
@@ -372,7 +445,9 @@ class Supervisor:
         task = self.tasks[node]
         return bucket.cost(task.prompt_tokens, task.max_output_tokens)
 
-    def _prepare(self, node: int, bucket_key: Hashable, cost: int, now: float) -> Call | None:
+    def _prepare(
+        self, node: int, bucket_key: Hashable, cost: int, now: float, endpoint: Endpoint | None
+    ) -> Call | None:
         task = self.tasks[node]
         if task.provider in self._disabled:
             self._finalize(
@@ -397,6 +472,11 @@ class Supervisor:
         bucket = self._bucket(bucket_key)
         if bucket is not None:
             bucket.spend(cost)
+            self._load(bucket_key).sent(now, cost)
+        if endpoint is not None:
+            self.endpoints.sent(endpoint, now)
+        self._endpoint[node] = endpoint
+        self._sent_at[node] = now
         self._cost[node] = cost
         self._attempts[node] += 1
         if self._queued_s[node] < 0:
@@ -411,7 +491,14 @@ class Supervisor:
             body=body,
             fn=task.fn,
             timeout_s=self.config.timeout_s,
+            base_url=None if endpoint is None else endpoint.url,
         )
+
+    def _load(self, bucket_key: Hashable) -> BucketLoad:
+        load = self._loads.get(bucket_key)
+        if load is None:
+            load = self._loads[bucket_key] = BucketLoad()
+        return load
 
     def _render(self, task: Task) -> bytes:
         if task.provider == FN_PROVIDER:
@@ -452,6 +539,11 @@ class Supervisor:
         quota_parked = False
         if bucket is not None:
             quota_parked = bucket.settle(outcome, self._cost[node], task.prompt_tokens)
+            if outcome.ok:
+                self._load(self._bucket_key(task)).observe(outcome.latency_s)
+        endpoint = self._endpoint[node]
+        if endpoint is not None:
+            self.endpoints.settle(endpoint, outcome, self._sent_at[node], now)
         cost = self.pricing.cost_usd(
             task.provider,
             task.model,
@@ -468,13 +560,7 @@ class Supervisor:
                 task.max_output_tokens,
                 outcome.latency_s,
             )
-            return outcome_entry(
-                task,
-                outcome,
-                attempts=self._attempts[node],
-                queued_s=self._queued_s[node],
-                cost_usd=cost,
-            )
+            return self._entry(node, outcome, cost)
         if outcome.error_kind == AUTH:
             self._disable(task.provider, outcome)
         elif quota_parked:
@@ -488,12 +574,17 @@ class Supervisor:
             self.graph.mark_ready(node)
             self.timers.add(now + delay, node)
             return None
+        return self._entry(node, outcome, cost)
+
+    def _entry(self, node: int, outcome: Outcome, cost: float | None) -> dict[str, Any]:
+        endpoint = self._endpoint[node]
         return outcome_entry(
-            task,
+            self.tasks[node],
             outcome,
             attempts=self._attempts[node],
             queued_s=self._queued_s[node],
             cost_usd=cost,
+            endpoint=None if endpoint is None else endpoint.label,
         )
 
     def _count_attempt(self, stats: ModelStats, outcome: Outcome, cost: float | None) -> None:
@@ -540,8 +631,11 @@ class Supervisor:
             if self.graph.state[node] != RUNNING:
                 continue
             bucket = self._bucket(self._bucket_key(self.tasks[node]))
-            if bucket is not None:
-                bucket.settle(_lost_outcome(call), self._cost[node], self.tasks[node].prompt_tokens)
+            if bucket is not None:  # the pool's failure, not the provider's
+                bucket.release(self._cost[node])
+            endpoint = self._endpoint[node]
+            if endpoint is not None:
+                self.endpoints.release(endpoint)
             self._attempts[node] -= 1
             self._deaths[node] = self._deaths.get(node, 0) + 1
             if self._deaths[node] >= _MAX_DEATHS_PER_NODE:
@@ -632,6 +726,8 @@ class Supervisor:
                 tokens_per_min=sum(b.tokens_last_minute() for b in buckets),
                 tpm_limit=sum(limits) if limits else None,
                 cost_usd=self.metrics.cost_usd,
+                in_flight=self.pool.in_flight(),
+                target=self.target.value,
             )
         )
 
@@ -640,7 +736,11 @@ class Supervisor:
         m.per_model = sorted(self._stats.values(), key=lambda s: (s.provider, s.model))
         m.pending = self._open
         m.critical_path_s = longest_path(self._deps, self._duration_s)
+        m.peak_target = self.target.peak
+        m.workers = self.target.peak
 
 
-def _lost_outcome(call: Call) -> Outcome:
-    return Outcome(call.custom_id, call.attempt, None, "connection", "worker process died", None)
+def _unlimited(bucket: Bucket) -> bool:
+    """No rate limit known and none to learn: a server that sends no rate-limit
+    headers, whose endpoints' adaptive limits bound what is in flight."""
+    return bucket.rpm is None and bucket.tpm is None and bucket.state() != "learning"

@@ -1,13 +1,16 @@
-"""Worker process entry: T threads turn Calls into Outcomes.
+"""Worker process entry: an event loop for HTTP calls, a few threads for Python steps.
 
 Workers are stateless. They hold their SDK clients and nothing else: no budget,
 no journal, no retry, no sleeping. Each process has its own pair of pipes to the
 supervisor (a SIGKILLed process corrupts only its own channel, never a queue
 shared with the others):
 
-    supervisor ──calls pipe──► reader thread ─► SimpleQueue ─► T caller threads
+    supervisor ──calls pipe──► main thread ─┬─► event loop: one task per HTTP Call (async SDK)
+                                            └─► thread pool: Python steps (fn)
     supervisor ◄─outcomes pipe── sender thread ◄─ SimpleQueue ◄─┘
 
+An HTTP call waiting for its answer costs a coroutine and a socket, not a thread,
+so one process holds thousands in flight (docs/DESIGN.md, "Requests in flight").
 The process exits on its own when the supervisor is gone: the calls pipe reads
 EOF once the supervisor's end is closed (also by a kill -9), and a watchdog
 notices the parent pid change as a second line of defence. Ctrl-C reaches the
@@ -16,15 +19,18 @@ whole process group: workers ignore SIGINT and let the supervisor decide.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from turborun.records import Call, Outcome
+from turborun.fdlimit import raise_open_file_limit
+from turborun.records import FN_PROVIDER, Call, Outcome
 
 _WATCHDOG_PERIOD_S = 0.5
 # The first message of every process: an Outcome for no node, meaning "ready".
@@ -33,7 +39,7 @@ _HELLO = Outcome("", 0, None, None, None, None)
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    threads: int
+    fn_threads: int  # Python steps run at once in this process
     timeout_s: float
     base_urls: dict[str, str]
     api_keys: dict[str, str] = field(repr=False)  # crosses to the child in memory only
@@ -56,21 +62,56 @@ def worker_main(
         os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise_open_file_limit()  # one socket per request in flight
     from turborun.providers import Providers  # after start: clients belong to this process
 
     providers = Providers(settings.api_keys, settings.base_urls, settings.timeout_s)
-    providers.warm_up()  # before the hello: a run's clock starts with clients ready
-    inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
     outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-    parent = os.getppid()
+    loop = _start_loop()
+    # before the hello: a run's clock starts with clients ready
+    asyncio.run_coroutine_threadsafe(providers.warm_up(), loop).result()
+    steps = ThreadPoolExecutor(max(1, settings.fn_threads), thread_name_prefix="turborun-fn")
+    for target in (_sender(outbox, outcomes), _watchdog(os.getppid())):
+        threading.Thread(target=target, daemon=True).start()
+    outbox.put(_HELLO)  # ready: modules imported, threads started
+    running: set[asyncio.Task[None]] = set()
 
-    def serve() -> None:
-        while True:
-            call = inbox.get()
-            if call is None:
-                return
-            outbox.put(providers.call(call))
+    async def http(call: Call) -> None:
+        outbox.put(await providers.acall(call))
 
+    def start(batch: list[Call]) -> None:  # on the loop
+        for call in batch:
+            task = loop.create_task(http(call))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    def step(call: Call) -> None:
+        outbox.put(providers.call(call))
+
+    while True:
+        try:
+            message = calls.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if message is None:
+            os._exit(0)
+        batch = []
+        for call in message:
+            if call.provider == FN_PROVIDER:
+                steps.submit(step, call)
+            else:
+                batch.append(call)
+        if batch:
+            loop.call_soon_threadsafe(start, batch)
+
+
+def _start_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="turborun-loop", daemon=True).start()
+    return loop
+
+
+def _sender(outbox: queue.SimpleQueue[Outcome], outcomes: Connection):  # type: ignore[no-untyped-def]
     def send() -> None:
         while True:
             batch = [outbox.get()]
@@ -84,21 +125,14 @@ def worker_main(
             except (OSError, ValueError):
                 os._exit(0)  # supervisor gone: stop, do not send more requests
 
-    def watchdog() -> None:
+    return send
+
+
+def _watchdog(parent: int):  # type: ignore[no-untyped-def]
+    def watch() -> None:
         while True:
             time.sleep(_WATCHDOG_PERIOD_S)
             if os.getppid() != parent:
                 os._exit(0)
 
-    for target in [serve] * settings.threads + [send, watchdog]:
-        threading.Thread(target=target, daemon=True).start()
-    outbox.put(_HELLO)  # ready: modules imported, threads started
-    while True:
-        try:
-            message = calls.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if message is None:
-            os._exit(0)
-        for call in message:
-            inbox.put(call)
+    return watch

@@ -236,6 +236,8 @@ def test_env_example_lists_every_variable_with_a_comment() -> None:
         "OPENAI_BASE_URL",
         "GROQ_BASE_URL",
         "TURBORUN_WORKERS",
+        "TURBORUN_MAX_IN_FLIGHT",
+        "TURBORUN_ENDPOINT_MAX_IN_FLIGHT",
         "TURBORUN_PROCESSES",
         "TURBORUN_STRATEGY",
         "TURBORUN_OPENAI_RPM",
@@ -293,3 +295,55 @@ def test_malformed_key_in_dotenv_is_caught(tmp_path: Path) -> None:
     config = load_config({}, environ={}, cwd=tmp_path)
     with pytest.raises(ConfigError, match="OPENAI_API_KEY has leading or trailing whitespace"):
         require_keys(config, ["openai"])
+
+
+# --- endpoints and requests in flight ----------------------------------------------------
+
+
+def test_several_base_urls_serve_a_provider_and_configs_name_a_models_servers(
+    tmp_path: Path,
+) -> None:
+    toml = (
+        '[openai."llama-3-8b"]\nbase_urls = ["http://gpu1:8000/v1", "http://gpu2:8000/v1/"]\n'
+        '[endpoints."http://gpu2:8000/v1"]\nmax_in_flight = 48\n'
+    )
+    environ = {"OPENAI_BASE_URL": "http://a:1/v1, http://b:2/v1", "TURBORUN_MAX_IN_FLIGHT": "3000"}
+    config = load_config({}, environ=environ, cwd=write(tmp_path, toml=toml))
+    assert config.base_urls["openai"] == "http://a:1/v1"
+    assert config.endpoints_for("openai", "gpt-4o-mini") == ("http://a:1/v1", "http://b:2/v1")
+    assert config.endpoints_for("openai", "llama-3-8b") == (
+        "http://gpu1:8000/v1",
+        "http://gpu2:8000/v1/",
+    )
+    assert config.endpoints_for("groq", "x") == (None,)
+    assert config.endpoint_cap("http://gpu2:8000/v1/") == 48
+    assert config.endpoint_cap("http://gpu1:8000/v1") is None
+    assert config.max_in_flight == 3000
+
+
+def test_a_cap_for_every_endpoint_yields_to_a_cap_per_url(tmp_path: Path) -> None:
+    toml = '[endpoints."http://gpu1:8000/v1"]\nmax_in_flight = 8\n'
+    flags = {"endpoint_max_in_flight": 32}
+    config = load_config(flags, environ={}, cwd=write(tmp_path, toml=toml))
+    assert config.endpoint_cap("http://gpu1:8000/v1") == 8
+    assert config.endpoint_cap("http://other/v1") == 32
+    assert config.endpoint_cap(None) == 32
+
+
+@pytest.mark.parametrize(
+    ("environ", "toml", "message"),
+    [
+        ({"OPENAI_BASE_URL": "http://a/v1,ftp://b"}, "", "is not an http:// or https:// URL"),
+        ({"OPENAI_BASE_URL": "http://a/v1,http://a/v1"}, "", "names the same URL twice"),
+        ({"TURBORUN_MAX_IN_FLIGHT": "0"}, "", "TURBORUN_MAX_IN_FLIGHT='0' is not a positive"),
+        ({}, '[endpoints."http://a/v1"]\nmax_in_flight = -1\n', "max_in_flight=-1"),
+        ({}, '[endpoints."http://a/v1"]\nweight = 2\n', "takes only max_in_flight"),
+        ({}, '[endpoints."gpu1"]\nmax_in_flight = 2\n', "is not an http:// or https://"),
+        ({}, '[openai."m"]\nbase_urls = []\n', "holds no URL"),
+    ],
+)
+def test_bad_endpoint_settings_name_the_setting(
+    tmp_path: Path, environ: dict[str, str], toml: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config({}, environ=environ, cwd=write(tmp_path, toml=toml or None))

@@ -5,14 +5,17 @@ with a fake clock (no sleeping); the simulator's own limit windows
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from turborun.backoff import retry_delay_s
+from turborun.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
 from turborun.budget import DEFAULT_OUTPUT_RESERVATION, PROBE_PATIENCE_S, Bucket, Budget
 from turborun.config import Limit
 from turborun.limit_signals import parse_reset
@@ -47,9 +50,9 @@ def rate_limited(
     return Outcome("q", 1, 429, RATE_LIMITED, message, retry_after_s, rate_headers=headers or {})
 
 
-def failure(kind: str = SERVER_ERROR) -> Outcome:
+def failure(kind: str = SERVER_ERROR, latency_s: float = 0.0) -> Outcome:
     status = {SERVER_ERROR: 500, CLIENT_ERROR: 400, RATE_LIMITED: 429}.get(kind)
-    return Outcome("q", 1, status, kind, "boom", None)
+    return Outcome("q", 1, status, kind, "boom", None, latency_s=latency_s)
 
 
 def send_now(bucket: Bucket, clock: FakeClock, tokens: int = 10) -> None:
@@ -403,13 +406,129 @@ def test_daily_quota_429_parks_the_bucket_and_returns_true(outcome: Outcome, pro
 # ---- circuit breaker -------------------------------------------------------------------
 
 
+@dataclass
+class Burst:
+    opened_after: int | None = None  # outcomes settled when the breaker first opened
+    settled: int = 0
+    longest_failure_run: int = 0
+
+
+def burst(
+    error_rate: float,
+    *,
+    concurrency: int,
+    tasks: int = 3000,
+    fail_latency_s: float = 0.02,
+    ok_latency_s: float = 0.2,
+    late_s: float = 0.01,
+    seed: int = 11,
+) -> Burst:
+    """A supervisor in miniature against a server that answers 5xx fast and successes
+    slowly: ``concurrency`` requests in flight, every freed slot refilled at once, a
+    failed task retried at once. Each burst's failures arrive before any of its successes.
+    Workers report latencies up to ``late_s`` short (the trip to and from a worker)."""
+    rng = random.Random(seed)
+    budget, clock = make_budget({("openai", "m"): Limit(10**9, 10**12)})
+    bucket = budget.bucket("openai", "m")
+    events: list[tuple[float, int, bool, float]] = []  # (due, seq, failed, latency)
+    result, run, left, seq = Burst(), 0, tasks, 0
+    while left and result.settled < 20 * tasks:
+        while bucket.in_flight < concurrency and bucket.ready_at(10) <= clock.now:
+            bucket.spend(10)
+            failed = rng.random() < error_rate
+            latency = (fail_latency_s if failed else ok_latency_s) * rng.uniform(0.9, 1.1)
+            seq += 1
+            heapq.heappush(events, (clock.now + latency, seq, failed, latency))
+        if not events:
+            clock.now = bucket.ready_at(10)
+            continue
+        clock.now, _, failed, latency = heapq.heappop(events)
+        reported = latency - rng.uniform(0, late_s)
+        bucket.settle(failure(SERVER_ERROR, reported) if failed else ok(), 10, 5)
+        result.settled += 1
+        run = run + 1 if failed else 0
+        result.longest_failure_run = max(result.longest_failure_run, run)
+        left -= not failed
+        if result.opened_after is None and bucket.state() == "open":
+            result.opened_after = result.settled
+    return result
+
+
+@pytest.mark.parametrize("concurrency", [10, 120, 300, 1000])
+@pytest.mark.parametrize("error_rate", [0.1, 0.3])
+def test_failures_arriving_first_never_open_the_breaker(
+    error_rate: float, concurrency: int
+) -> None:
+    run = burst(error_rate, concurrency=concurrency)
+    assert run.opened_after is None
+    if concurrency >= 300:  # what a count of consecutive failures mistook for an outage
+        assert run.longest_failure_run >= MIN_FAILURES
+
+
+def test_a_dead_server_opens_the_breaker_at_the_minimum_failure_count() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for i in range(MIN_FAILURES):
+        assert bucket.state() == "ok"
+        clock.now = max(clock.now, bucket.ready_at(10))
+        bucket.spend(10)
+        clock.now += 0.05
+        bucket.settle(failure(SERVER_ERROR if i % 2 else TIMEOUT, 0.05), 10, 5)
+    assert bucket.state() == "open"
+    assert bucket._breaker.reason == (
+        "20 of the last 20 requests failed (timeout 10, server_error 10); pausing 30 s"
+    )
+
+
+@pytest.mark.parametrize(("concurrency", "fail_latency_s"), [(20, 0.02), (300, 0.02), (300, 120.0)])
+def test_a_dead_server_with_many_in_flight_opens_once_those_have_failed(
+    concurrency: int, fail_latency_s: float
+) -> None:
+    run = burst(1.0, concurrency=concurrency, fail_latency_s=fail_latency_s)
+    assert run.opened_after is not None
+    assert run.opened_after <= concurrency + WINDOW
+
+
+def test_failures_after_successes_open_it_only_at_the_failure_fraction() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for i in range(WINDOW + 40):  # one at a time, 0.1 s apart
+        clock.now += 0.1
+        bucket.spend(10)
+        clock.now += 0.01
+        bucket.settle(failure(SERVER_ERROR, 0.01) if i >= WINDOW else ok(), 10, 5)
+        if i < WINDOW + 39:  # 8 consecutive failures opened the old breaker
+            assert bucket.state() == "ok"
+    assert bucket.state() == "open"  # 40 of the last 50: 80 %
+
+
+def test_the_first_outcomes_of_a_burst_are_judged_against_all_it_sent() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(10**7, 10**12)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(100):  # sent at once; the rest are still in flight
+        bucket.spend(10)
+    clock.now += 0.02
+    for _ in range(79):  # the fast 5xx come back first
+        bucket.settle(failure(SERVER_ERROR, 0.02), 10, 5)
+    assert bucket.state() == "ok"
+    bucket.settle(failure(SERVER_ERROR, 0.02), 10, 5)
+    assert bucket.state() == "open"  # 80 of the 100 sent
+    assert bucket._breaker.reason == (
+        "80 of the last 100 requests failed (server_error 80); pausing 30 s"
+    )
+
+
+def _open_breaker(bucket: Bucket, clock: FakeClock, failures: int = MIN_FAILURES) -> None:
+    for _ in range(failures):
+        bucket.spend(10)
+        bucket.settle(failure(), 10, 5)
+    assert bucket.state() == "open"
+
+
 def test_breaker_opens_probes_once_and_closes_on_success() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=3)
     bucket = budget.bucket("openai", "m")
-    for _ in range(3):
-        bucket.spend(10)
-        bucket.settle(failure(SERVER_ERROR), 10, 5)
-    assert bucket.state() == "open"
+    _open_breaker(bucket, clock, 3)
     assert bucket.ready_at(10) == pytest.approx(clock.now + 30.0)
     clock.now += 30.0
     assert bucket.state() == "probing"
@@ -418,19 +537,45 @@ def test_breaker_opens_probes_once_and_closes_on_success() -> None:
     bucket.settle(ok(), 10, 5)
     assert bucket.state() == "ok"
     assert bucket.ready_at(10) < math.inf
+    assert bucket.pause_reason() is None
 
 
-def test_breaker_reopens_with_doubled_cooldown_when_the_probe_fails() -> None:
+def test_failed_probes_double_the_cooldown_up_to_the_cap() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)}, breaker_failures=2)
     bucket = budget.bucket("openai", "m")
-    for _ in range(2):
-        bucket.spend(10)
+    _open_breaker(bucket, clock, 2)
+    for cooldown in (30.0, 60.0, MAX_COOLDOWN_S, MAX_COOLDOWN_S):
+        assert bucket.ready_at(10) == pytest.approx(clock.now + cooldown)
+        clock.now += cooldown
+        send_now(bucket, clock)
         bucket.settle(failure(TIMEOUT), 10, 5)
+        assert bucket.state() == "open"
+    assert MAX_COOLDOWN_S == 60.0
+
+
+def test_outcomes_of_requests_sent_before_it_opened_are_ignored() -> None:
+    limits = {("openai", "m"): Limit(60000, 10**9)}
+    budget, clock = make_budget(limits, breaker_failures=5)
+    bucket = budget.bucket("openai", "m")
+    for _ in range(100):  # sent at once: 80 fail after a second, 20 are answered later
+        bucket.spend(10)
+    clock.now += 1.0
+    for _ in range(80):
+        bucket.settle(failure(TIMEOUT, 1.0), 10, 5)
+    assert bucket.state() == "open"
+    for _ in range(10):  # neither closes it nor takes the probe's place
+        bucket.settle(ok(), 10, 5)
+    assert bucket.state() == "open"
     clock.now += 30.0
     send_now(bucket, clock)
-    bucket.settle(failure(TIMEOUT), 10, 5)
-    assert bucket.state() == "open"
-    assert bucket.ready_at(10) == pytest.approx(clock.now + 60.0)
+    bucket.settle(ok(), 10, 5)
+    assert bucket.state() == "ok"
+    for _ in range(2):
+        send_now(bucket, clock)
+        bucket.settle(ok(), 10, 5)
+    for _ in range(10):  # judged already: they do not reopen it
+        bucket.settle(failure(TIMEOUT, 31.0), 10, 5)
+    assert bucket.state() == "ok"
 
 
 def test_client_errors_and_429s_do_not_trip_the_breaker() -> None:
@@ -440,6 +585,145 @@ def test_client_errors_and_429s_do_not_trip_the_breaker() -> None:
         bucket.spend(10)
         bucket.settle(failure(kind), 10, 5)
     assert bucket.state() != "open"
+
+
+def test_release_does_not_count_towards_the_breaker() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(3 * MIN_FAILURES):  # a worker process killed with all of them
+        bucket.spend(10)
+    spent = bucket.tokens_last_minute()
+    for _ in range(3 * MIN_FAILURES):
+        bucket.release(10)
+    assert bucket.state() == "ok"
+    assert bucket.in_flight == 0
+    assert bucket.tokens_last_minute() == spent  # they may have reached the provider
+    for _ in range(MIN_FAILURES - 1):  # nor did they fill the window
+        bucket.spend(10)
+        bucket.settle(failure(), 10, 5)
+    assert bucket.state() == "ok"
+
+
+def test_release_frees_the_breakers_probe() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    _open_breaker(bucket, clock)
+    clock.now += 30.0
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) == math.inf
+    bucket.release(10)
+    assert bucket.state() == "probing"
+    assert bucket.ready_at(10) <= clock.now  # another probe may go
+    send_now(bucket, clock)
+    bucket.settle(ok(), 10, 5)
+    assert bucket.state() == "ok"
+
+
+def test_release_frees_a_learning_probe_without_learning() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) > clock.now
+    bucket.release(10)
+    assert bucket.state() == "learning"
+    assert bucket.in_flight == 0
+    send_now(bucket, clock)  # the next probe goes at once
+
+
+def test_release_of_a_request_sent_before_a_slowdown_leaves_the_next_429_effective() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(600, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    bucket.spend(10)
+    bucket.spend(10)
+    bucket.settle(rate_limited(0.1), 10, 5)
+    bucket.release(10)  # lost: its 429 will never come
+    clock.now += 1.0
+    bucket.spend(10)
+    bucket.settle(rate_limited(0.1), 10, 5)
+    assert bucket.rpm == pytest.approx(600 * 0.8 * 0.8)
+
+
+# ---- pause reasons ------------------------------------------------------------------------
+
+
+def test_pause_reason_is_none_while_only_pacing() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(60, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    assert bucket.ready_at(10) > clock.now
+    assert bucket.pause_reason() is None
+    bucket.settle(rate_limited(0.5), 10, 5)
+    clock.now += 1.0
+    assert bucket.state() == "slowed"
+    assert bucket.pause_reason() is None
+
+
+def test_pause_reason_of_the_breaker_in_each_state() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    _open_breaker(bucket, clock)
+    evidence = "20 of the last 20 requests failed (server_error 20)"
+    assert bucket.pause_reason() == (f"circuit breaker open: {evidence}; pausing 30 s (30 s left)")
+    clock.now += 25.5
+    assert bucket.pause_reason() == (f"circuit breaker open: {evidence}; pausing 30 s (4.5 s left)")
+    clock.now += 4.5
+    assert bucket.pause_reason() == (
+        f"circuit breaker probing: {evidence}; sending one probe request"
+    )
+    send_now(bucket, clock)
+    assert bucket.pause_reason() == (
+        f"circuit breaker probing: {evidence}; waiting for the probe request's answer"
+    )
+    bucket.settle(failure(TIMEOUT), 10, 5)
+    assert bucket.pause_reason() == (
+        f"circuit breaker open: {evidence}; the probe request failed too (timeout); "
+        "pausing 60 s (60 s left)"
+    )
+
+
+def test_pause_reason_of_a_daily_quota_says_until_when() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(600, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    assert bucket.settle(rate_limited(3600.0), 10, 5) is True
+    reason = bucket.pause_reason()
+    assert reason is not None
+    assert re.fullmatch(r"daily quota exhausted: parked until \d\d:\d\d \(in 1 h 00 min\)", reason)
+
+
+def test_pause_reason_of_a_hold_says_for_how_long_and_why() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(600, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(rate_limited(3.0), 10, 5)
+    assert bucket.pause_reason() == "held 3.0 s more: a 429 asked to retry after 3.0 s"
+    clock.now += 3.0
+    send_now(bucket, clock)
+    headers = dict(OPENAI_HEADERS, **{"x-ratelimit-remaining-tokens": "0"})
+    headers["x-ratelimit-reset-tokens"] = "12s"
+    bucket.settle(ok(headers), 10, 5)
+    assert bucket.pause_reason() == (
+        "held 12 s more: the provider reported 0 tokens left this minute"
+    )
+    clock.now += 12.0
+    assert bucket.pause_reason() is None
+
+
+def test_pause_reason_names_the_longest_of_several() -> None:
+    budget, clock = make_budget({("openai", "m"): Limit(6000, 10**9)})
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(rate_limited(3600.0), 10, 5)
+    _open_breaker(bucket, clock)
+    assert (bucket.pause_reason() or "").startswith("daily quota exhausted")
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "text"),
+    [(0.44, "0.4 s"), (30.0, "30 s"), (119.6, "2 min"), (125.0, "2 min 5 s"), (3720, "1 h 02 min")],
+)
+def test_seconds_reads_naturally(duration_s: float, text: str) -> None:
+    assert seconds(duration_s) == text
 
 
 # ---- costs and bookkeeping ----------------------------------------------------------------

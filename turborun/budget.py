@@ -30,6 +30,11 @@ double every PROBE_PATIENCE_S (1, 2, 4, 8, ...): a slow start, not a stall.
 
 Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus the
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
+
+Health: the circuit breaker (turborun/breaker.py) pauses a bucket whose recent outcomes are
+mostly failures. A request lost with a dead worker process is ``release``d instead of
+settled: it frees its slot without counting as a failure. ``pause_reason`` says why a
+bucket is not sending, when the reason is not ordinary pacing.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import random
 import time
 from collections.abc import Callable
 
-from turborun.breaker import Breaker
+from turborun.breaker import MIN_FAILURES, Breaker, seconds
 from turborun.config import Limit
 from turborun.limit_signals import LimitMessage, number, reset_s
 from turborun.pacing import Pace, Window
@@ -78,14 +83,17 @@ _INF = math.inf
 
 
 class Budget:
-    """The buckets of one run, one per (provider, model), created on first use."""
+    """The buckets of one run, one per (provider, model), created on first use.
+    ``breaker_failures``: the fewest failures among the requests a circuit breaker judges
+    before it may open (with 80 % of them failed; see turborun.breaker);
+    ``breaker_cooldown_s``: its first cool-down."""
 
     def __init__(
         self,
         limit_for: Callable[[str, str], Limit],
         *,
         clock: Callable[[], float] = time.monotonic,
-        breaker_failures: int = 8,
+        breaker_failures: int = MIN_FAILURES,
         breaker_cooldown_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -126,7 +134,7 @@ class Bucket:
         configured: Limit,
         *,
         clock: Callable[[], float],
-        breaker_failures: int = 8,
+        breaker_failures: int = MIN_FAILURES,
         breaker_cooldown_s: float = 30.0,
     ) -> None:
         self.provider = provider
@@ -145,6 +153,7 @@ class Bucket:
         self._probes_in_flight = 0
         self._probes_started_at = -_INF  # when the current round of probes began
         self._hold_until = -_INF  # retry-after, or a per-minute limit at remaining 0
+        self._hold_cause = ""  # what set _hold_until, for pause_reason
         self._park_until = -_INF  # an exhausted daily quota
         self._request_pace = Pace(REQUEST_BURST_S)
         self._token_pace = Pace(TOKEN_BURST_S)
@@ -225,8 +234,7 @@ class Bucket:
             if not self._probes_in_flight:
                 self._probes_started_at = now
             self._probes_in_flight += 1
-        if self._breaker.open and now >= self._breaker.open_until:
-            self._breaker.probe_in_flight = True
+        self._breaker.sent(now)
         self._request_pace.spend(now, _rate(self.rpm), 1)
         self._token_pace.spend(now, _rate(self.tpm), tokens)
         self._second.add(now, 1, tokens)
@@ -238,7 +246,8 @@ class Bucket:
         return int(self._minute.sum_since(now - 60.0))
 
     def state(self) -> str:
-        """ "ok" | "learning" | "slowed" | "parked" | "open" (breaker) | "probing"."""
+        """ "ok" | "learning" | "slowed" | "parked" | "open" (breaker) | "probing".
+        ``pause_reason`` says why, in words."""
         now = self._clock()
         if self._breaker.open:
             return "open" if now < self._breaker.open_until else "probing"
@@ -249,6 +258,37 @@ class Bucket:
         if self._pace_factor < 1.0 or now < self._hold_until:
             return "slowed"
         return "ok"
+
+    def pause_reason(self) -> str | None:
+        """Why the bucket is not sending, when it is not ordinary pacing: the circuit
+        breaker (open or probing), a daily quota (parked until when) or a hold (a 429's
+        retry-after, or remaining 0 this minute; for how long). None otherwise. When
+        several apply, the one that lasts longest."""
+        now = self._clock()
+        reasons: list[tuple[float, str]] = []
+        if self._breaker.open:
+            reasons.append(self._breaker_reason(now))
+        if now < self._park_until:
+            reasons.append((self._park_until, self._park_reason(now)))
+        if now < self._hold_until:
+            left = seconds(self._hold_until - now)
+            reasons.append((self._hold_until, f"held {left} more: {self._hold_cause}"))
+        return max(reasons)[1] if reasons else None
+
+    def _park_reason(self, now: float) -> str:
+        left = self._park_until - now
+        wall = time.strftime("%H:%M", time.localtime(time.time() + left))
+        return f"daily quota exhausted: parked until {wall} (in {seconds(left)})"
+
+    def _breaker_reason(self, now: float) -> tuple[float, str]:
+        breaker = self._breaker
+        if breaker.cooling(now):
+            left = seconds(breaker.open_until - now)
+            return breaker.open_until, f"circuit breaker open: {breaker.reason} ({left} left)"
+        why = f"circuit breaker probing: {breaker.evidence}"
+        if breaker.probe_in_flight:
+            return _INF, f"{why}; waiting for the probe request's answer"
+        return breaker.open_until, f"{why}; sending one probe request"
 
     # ---- outcomes -------------------------------------------------------------------
 
@@ -268,13 +308,26 @@ class Bucket:
         elif outcome.ok:
             self._reconcile(outcome, prompt_tokens, now)
             self._recover(now)
-        self._breaker.settle(outcome.error_kind, now, self.in_flight)
+        self._breaker.settle(outcome.error_kind, outcome.latency_s, now)
         if self._learning and self._probes_in_flight:
             self._probes_in_flight -= 1
             # An HTTP answer taught what it could; what it did not tell stays unlimited.
             # No answer at all (timeout, connection) teaches nothing: probe again.
             self._learning = outcome.status_code is None
         return quota
+
+    def release(self, tokens: int) -> None:
+        """A request this bucket paid for was lost with a dead worker process: no answer
+        at all. Frees what ``spend`` took (its in-flight slot, a probe slot while learning,
+        the breaker's probe if it was the probe) without counting as a failure and without
+        learning anything. Its ``tokens`` stay spent: the request may have reached the
+        provider."""
+        del tokens  # stays in the windows and the pace: charged, not refunded
+        self.in_flight = max(0, self.in_flight - 1)
+        self._slow_stale = max(0, self._slow_stale - 1)  # its outcome will not come
+        if self._learning and self._probes_in_flight:
+            self._probes_in_flight -= 1  # still learning: the next probe may go
+        self._breaker.release()
 
     def _learn_headers(self, headers: dict[str, str], now: float) -> None:
         if not headers:
@@ -283,7 +336,7 @@ class Bucket:
         if tokens_limit is not None and tokens_limit > 0:
             self._learned_tpm = tokens_limit
         if number(headers.get("x-ratelimit-remaining-tokens")) == 0:
-            self._hold_minute(headers.get("x-ratelimit-reset-tokens"), now)
+            self._hold_minute(headers.get("x-ratelimit-reset-tokens"), now, "tokens")
         requests_limit = number(headers.get("x-ratelimit-limit-requests"))
         remaining_requests = number(headers.get("x-ratelimit-remaining-requests"))
         if self.provider == "groq":  # Groq's request headers count per DAY
@@ -294,12 +347,16 @@ class Bucket:
         if requests_limit is not None and requests_limit > 0:
             self._learned_rpm = requests_limit
         if remaining_requests == 0:
-            self._hold_minute(headers.get("x-ratelimit-reset-requests"), now)
+            self._hold_minute(headers.get("x-ratelimit-reset-requests"), now, "requests")
 
-    def _hold_minute(self, reset: str | None, now: float) -> None:
+    def _hold_minute(self, reset: str | None, now: float, dimension: str) -> None:
         wait_s = reset_s(reset)
         wait_s = HOLD_WITHOUT_RETRY_AFTER_S if wait_s is None else min(wait_s, MAX_MINUTE_HOLD_S)
-        self._hold_until = max(self._hold_until, now + wait_s)
+        self._hold(now + wait_s, f"the provider reported 0 {dimension} left this minute")
+
+    def _hold(self, until: float, cause: str) -> None:
+        if until > self._hold_until:
+            self._hold_until, self._hold_cause = until, cause
 
     def _park(self, wait_s: float | None, now: float) -> None:
         self._park_until = max(self._park_until, now + (wait_s or DEFAULT_PARK_S))
@@ -320,8 +377,10 @@ class Bucket:
             self._pace_factor = max(MIN_PACE, self._pace_factor * SLOWDOWN)
             self._slow_stale = self.in_flight  # their fate was sealed before this slow-down
         self._last_recovery = now
-        hold_s = HOLD_WITHOUT_RETRY_AFTER_S if wait_s is None else wait_s
-        self._hold_until = max(self._hold_until, now + hold_s)
+        if wait_s is None:
+            self._hold(now + HOLD_WITHOUT_RETRY_AFTER_S, "a 429 without retry-after")
+        else:
+            self._hold(now + wait_s, f"a 429 asked to retry after {seconds(wait_s)}")
         return False
 
     def _learn_from_message(self, message: LimitMessage) -> bool:

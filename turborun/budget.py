@@ -149,7 +149,9 @@ class Bucket:
         self._pace_factor = 1.0
         self._last_recovery = 0.0
         self._slow_stale = 0  # outcomes still due from before the last slow-down
-        self._learning = configured.rpm is None or configured.tpm is None
+        # One configured dimension is enough to start at its pace; the other is learned
+        # from the headers as answers come (waiting for a probe costs a whole latency).
+        self._learning = configured.rpm is None and configured.tpm is None
         self._probes_in_flight = 0
         self._probes_started_at = -_INF  # when the current round of probes began
         self._hold_until = -_INF  # retry-after, or a per-minute limit at remaining 0

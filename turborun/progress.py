@@ -18,10 +18,14 @@ def _postfix(p: Progress) -> str:
     if p.tpm_limit:
         tpm += f"/{p.tpm_limit / 1000:.0f}k"
     cost = "-" if p.cost_usd is None else f"${p.cost_usd:.4f}"
-    return (
+    text = (
         f"in flight={p.in_flight}/{p.target} failed={p.failed} retrying={p.retrying} "
         f"429s={p.rate_limited} tok/min={tpm} cost={cost}"
     )
+    if p.paused:
+        more = f" (+{len(p.paused) - 1} more)" if len(p.paused) > 1 else ""
+        text += f" PAUSED {p.paused[0]}{more}"
+    return text
 
 
 class ProgressDisplay:

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -87,6 +88,7 @@ class Progress:
     cost_usd: float | None
     in_flight: int = 0  # requests and steps handed to workers, not yet answered
     target: int = 0  # requests the pool may hold in flight now
+    paused: tuple[str, ...] = ()  # "provider/model: why it is not sending", per paused bucket
 
 
 class Supervisor:
@@ -142,6 +144,7 @@ class Supervisor:
         self._open = 0  # nodes not finished
         self._done = 0
         self._disabled: dict[str, str] = {}  # provider → why (401/403)
+        self._paused: dict[tuple[str, str], str] = {}  # bucket → kind of pause logged
         self.resumed: set[str] = set()
         self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -715,6 +718,7 @@ class Supervisor:
             return
         self._next_progress = now + 0.5
         buckets = self.budget.buckets()
+        paused = self._pauses(buckets)
         limits = [b.tpm for b in buckets if b.tpm]
         self._on_progress(
             Progress(
@@ -728,8 +732,27 @@ class Supervisor:
                 cost_usd=self.metrics.cost_usd,
                 in_flight=self.pool.in_flight(),
                 target=self.target.value,
+                paused=paused,
             )
         )
+
+    def _pauses(self, buckets: list[Bucket]) -> tuple[str, ...]:
+        """Why each paused bucket is not sending; every new reason goes to the run log."""
+        paused = []
+        for bucket in buckets:
+            reason = bucket.pause_reason()
+            key = (bucket.provider, bucket.model)
+            if reason is None:
+                self._paused.pop(key, None)
+                continue
+            text = f"{bucket.provider}/{bucket.model}: {reason}"
+            paused.append(text)
+            kind = re.sub(r"[\d.]+", "#", reason.split(":", 1)[0])
+            if self._paused.get(key) != kind:
+                self._paused[key] = kind
+                # a short hold after a 429 is ordinary: the run log only
+                log.log(logging.INFO if kind.startswith("held") else logging.WARNING, "%s", text)
+        return tuple(paused)
 
     def _close_metrics(self) -> None:
         m = self.metrics

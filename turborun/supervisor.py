@@ -13,7 +13,8 @@
 It blocks in exactly one place, ``WorkerPool.wait``, on the outcome pipes, the
 worker sentinels and its own wakeup pipe, with a timeout that ends at the next
 deadline: a retry timer, the moment a blocked bucket may spend again, a progress
-refresh, or the end of the stop grace. Nothing polls and nothing sleeps.
+refresh, the next in-flight target refresh while ready work waits, or the end of
+the stop grace. Nothing polls and nothing sleeps.
 
 Every outcome of one wake-up is journaled in a single transaction (a group
 commit) before any dependent is released, so a dependent that ran proves its
@@ -308,6 +309,8 @@ class Supervisor:
             deadlines.append(due)
         if self._on_progress is not None:
             deadlines.append(self._next_progress)
+        if len(self.ready) and self.target.fixed is None:
+            deadlines.append(self._next_target)  # the target may grow: ready work waits for it
         if self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
         return max(0.0, min(deadlines) - now)

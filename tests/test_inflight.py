@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from turborun import execute_batch
 from turborun.checkpoint import Journal
@@ -25,6 +26,8 @@ from turborun.supervisor import Progress
 
 MODEL = "sim-inflight"
 HUGE_TPM = 1_000_000_000.0  # configured so the bucket paces by RPM and learns nothing
+
+pytestmark = pytest.mark.timeout(60)  # a run that never ends fails alone
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -216,7 +219,9 @@ def test_killed_worker_holding_hundreds_of_calls_requeues_each_once(tmp_path):
     killed: dict[str, Any] = {}
 
     def kill_one(snapshot: Progress) -> None:
-        if killed or snapshot.in_flight < 300:
+        # ≥ 300 in flight, most of them at the server (a worker on a busy core may
+        # still be opening connections for the last ones it was handed)
+        if killed or snapshot.in_flight < 300 or len(_log(sim)) < 500:
             return
         workers = sorted(_worker_pids() - before)
         killed["workers"] = workers
@@ -324,3 +329,27 @@ def test_adaptive_limit_bounds_what_a_self_hosted_server_sees(tmp_path):
     median = statistics.median(outstanding)
     assert 0.8 * capacity <= median <= 2 * capacity, median
     assert result.metrics.peak_in_flight < DEFAULT_WORKERS
+
+
+# ---- known engine issue ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="a run's first requests reach the server 0.05-0.2 s after the supervisor "
+    "dispatched them (a worker's first HTTP calls hold its event loop), together with those "
+    "dispatched meanwhile; the per-second window's 2 % margin (~20 ms) does not absorb "
+    "that, so one second later the server's window holds 201-206 requests: 429s",
+    strict=False,
+)
+def test_a_configured_limit_equal_to_the_servers_draws_no_429(tmp_path):
+    """400 requests, 400 in flight, 12,000 RPM configured and enforced by the server:
+    the supervisor sends at most 200 in any 1.02 s, and the server should see no more
+    than 200 in any second."""
+    with Simulator(latency_s=1.0, limits={MODEL: (12_000, None)}, capacity=1000) as sim:
+        config = _config(tmp_path, [sim.openai_base_url], rpm=12_000, workers=400)
+        result = _run(_tasks(400), config)
+        times = sorted(e["t"] for e in sim.requests())
+    assert result.success_rate == 1.0
+    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert result.metrics.rate_limited == 0, f"{result.metrics.rate_limited} × 429, {busiest}/s"
+    assert busiest <= 200, busiest

@@ -29,7 +29,18 @@ from turborun.exceptions import WorkerStartError
 from turborun.records import FN_PROVIDER, Call, Outcome
 from turborun.worker import WorkerSettings, worker_main
 
-_PRELOAD = ("turborun.worker", "turborun.providers", "openai", "groq")
+# anyio's asyncio backend and streams are imported by an async client's first request
+# (~25 ms): loaded here, the first requests of a run leave on time instead of in a burst.
+_PRELOAD = (
+    "turborun.worker",
+    "turborun.providers",
+    "openai",
+    "groq",
+    "anyio._backends._asyncio",
+    "anyio._core._sockets",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+)
 MAIN_GUARD_HINT = (
     "worker processes import the main module first, so a script that starts a run "
     'at import time must do so under `if __name__ == "__main__":`'

@@ -6,10 +6,12 @@ import http.client
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from turborun.checkpoint import Journal
 from turborun.simulator import Simulator
 
 # The session simulator limits this model only (far above any test's use), so answers for
@@ -51,3 +53,23 @@ def simulator() -> Iterator[Simulator]:
 @pytest.fixture(scope="session")
 def post() -> Callable[..., SimResponse]:
     return sim_post
+
+
+def journaled(checkpoint: Path) -> dict[str, dict[str, Any]]:
+    """Every entry of a run's journal, read from disk."""
+    journal = Journal(checkpoint / "journal")
+    try:
+        return dict(journal.entries())
+    finally:
+        journal.close()
+
+
+def children(pid: int) -> set[int]:
+    """Pids of a process's children, from /proc."""
+    found: set[int] = set()
+    for task_dir in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(p) for p in (task_dir / "children").read_text().split()}
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return found

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import children, journaled
 
-from turborun.checkpoint import Journal
 from turborun.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,26 +123,8 @@ def prompts(sim: Simulator, tag: str, cid: str) -> list[str]:
     return out
 
 
-def journaled(checkpoint: Path) -> dict[str, dict[str, Any]]:
-    journal = Journal(checkpoint / "journal")
-    try:
-        return dict(journal.entries())
-    finally:
-        journal.close()
-
-
 def results(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task_dir in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(p) for p in (task_dir / "children").read_text().split()}
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-    return found
 
 
 def wait_gone(pids: set[int], timeout_s: float) -> None:

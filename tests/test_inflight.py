@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import children, journaled
 
 from turborun import execute_batch
-from turborun.checkpoint import Journal
 from turborun.config import DEFAULT_WORKERS, Config, Limit
 from turborun.simulator import Simulator
 from turborun.supervisor import Progress
@@ -93,24 +93,6 @@ def _receipts(sim: Simulator) -> Counter[str]:
     return Counter(cid for cid in map(_cid, _log(sim)) if cid is not None)
 
 
-def _journal(folder: Path) -> dict[str, dict[str, Any]]:
-    journal = Journal(folder / "journal")
-    try:
-        return dict(journal.entries())
-    finally:
-        journal.close()
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task_dir in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(p) for p in (task_dir / "children").read_text().split()}
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
@@ -122,13 +104,13 @@ def _worker_pids() -> set[int]:
     """Live children of this process's multiprocessing fork server: the worker
     processes (the pool starts them from the fork server, never from us)."""
     pids: set[int] = set()
-    for child in _children(os.getpid()):
+    for child in children(os.getpid()):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except FileNotFoundError:
             continue
         if b"multiprocessing.forkserver" in cmdline:
-            pids |= {p for p in _children(child) if _alive(p)}
+            pids |= {p for p in children(child) if _alive(p)}
     return pids
 
 
@@ -240,7 +222,7 @@ def test_killed_worker_holding_hundreds_of_calls_requeues_each_once(tmp_path):
     assert "pid" in killed and not _alive(killed["pid"])
     assert result.success_rate == 1.0
     assert {result.results[cid].status for cid in ids} == {"succeeded"}
-    entries = _journal(tmp_path / "ck" / "kill")
+    entries = journaled(tmp_path / "ck" / "kill")
     assert sorted(entries) == ids and {e["status"] for e in entries.values()} == {"succeeded"}
     # a call lost with its process is the pool's failure: not an attempt, not a retry
     assert {e["attempts"] for e in entries.values()} == {1}
@@ -279,7 +261,7 @@ def test_endpoint_that_refuses_is_rested_and_its_work_moves_to_the_other(tmp_pat
 
     assert "at" in stopped and stopped["done"] < 250, stopped
     assert result.success_rate == 1.0 and result.metrics.failed == 0
-    entries = _journal(tmp_path / "ck" / "two")
+    entries = journaled(tmp_path / "ck" / "two")
     by = Counter(e["endpoint"] for e in entries.values())
     assert set(by) <= set(urls)
     early = Counter(e["endpoint"] for e in entries.values() if e["finished_at"] < stopped["at"])

@@ -37,7 +37,6 @@ class BucketLoad:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     first_sent: float | None = None
     tokens_per_request: float = 0.0
-    _sorted: list[float] | None = None
 
     def sent(self, now: float, tokens: int) -> None:
         if self.first_sent is None:
@@ -50,14 +49,12 @@ class BucketLoad:
 
     def observe(self, latency_s: float) -> None:
         self.latencies.append(latency_s)
-        self._sorted = None
 
     def high_latency_s(self) -> float | None:
         if not self.latencies:
             return None
-        if self._sorted is None:
-            self._sorted = sorted(self.latencies)
-        return self._sorted[min(len(self._sorted) - 1, int(HIGH_PERCENTILE * len(self._sorted)))]
+        ordered = sorted(self.latencies)  # at most LATENCY_SAMPLES, a few times a second
+        return ordered[min(len(ordered) - 1, int(HIGH_PERCENTILE * len(ordered)))]
 
     def latency_s(self, now: float, expected_s: float) -> float:
         """The latency to size for: measured high percentile; before any answer, the

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from turborun.adaptive import AdaptiveLimit
 from turborun.records import CONNECTION, SERVER_ERROR, TIMEOUT, Outcome
@@ -47,22 +47,22 @@ class Endpoint:
     url: str | None  # None: the provider's configured base URL
     cap: int | None
     limiter: AdaptiveLimit
+    label: str  # the base URL, or what the provider's configured one is called
     in_flight: int = 0
     failures: int = 0  # consecutive
     rest_until: float = -math.inf
     rest_s: float = REST_S
     probing: bool = False  # rested, and its probe is out
-    answered: int = 0  # outcomes, for the summary
-    label: str = field(default="")
+    shared: bool = False  # a bucket it serves has another endpoint: it may be rested
 
-    def room(self, adaptive: bool, now: float) -> int:
+    def room(self, adaptive: bool, now: float) -> float:
         """Requests this endpoint may take now."""
         if now < self.rest_until or self.probing:
             return 0
         limits = [] if self.cap is None else [self.cap]
         if adaptive:
             limits.append(self.limiter.limit)
-        return (min(limits) - self.in_flight) if limits else math.inf  # type: ignore[return-value]
+        return (min(limits) - self.in_flight) if limits else math.inf
 
 
 class Endpoints:
@@ -86,10 +86,9 @@ class Endpoints:
         if endpoints is None:
             endpoints = [self._endpoint(provider, url) for url in self._urls_for(provider, model)]
             self._by_bucket[(provider, model)] = endpoints
+            for endpoint in endpoints:
+                endpoint.shared = endpoint.shared or len(endpoints) > 1
         return endpoints
-
-    def all(self) -> list[Endpoint]:
-        return list(self._by_url.values())
 
     def _endpoint(self, provider: str, url: str | None) -> Endpoint:
         endpoint = self._by_url.get((provider, url))
@@ -101,7 +100,7 @@ class Endpoints:
                 clock=self._clock,
             )
             label = url or self._default_label(provider)
-            endpoint = Endpoint(provider, url, cap, limiter, label=label)
+            endpoint = Endpoint(provider, url, cap, limiter, label)
             self._by_url[(provider, url)] = endpoint
         return endpoint
 
@@ -118,8 +117,9 @@ class Endpoints:
     def ready_at(self, provider: str, model: str) -> float:
         """When a rested endpoint of this bucket may take a request again (inf: only an
         outcome frees room)."""
+        now = self._clock()
         ends = [e.rest_until for e in self.of(provider, model) if not e.probing]
-        return min((t for t in ends if t > self._clock()), default=math.inf)
+        return min((t for t in ends if t > now), default=math.inf)
 
     def allowance(self, provider: str, model: str, adaptive: bool) -> float:
         """Requests this bucket's endpoints may hold at once (inf: no bound)."""
@@ -138,7 +138,6 @@ class Endpoints:
 
     def settle(self, endpoint: Endpoint, outcome: Outcome, sent_at: float, now: float) -> None:
         endpoint.in_flight = max(0, endpoint.in_flight - 1)
-        endpoint.answered += 1
         overloaded = is_overload(outcome)
         if outcome.ok or overloaded:
             endpoint.limiter.observe(sent_at, outcome.latency_s, overloaded=overloaded)
@@ -150,16 +149,8 @@ class Endpoints:
                 endpoint.rest_s = REST_S
             return
         endpoint.failures += 1
-        others = [e for e in self.of_url(endpoint) if e is not endpoint]
-        if endpoint.probing or (endpoint.failures >= REST_AFTER and others):
+        if endpoint.probing or (endpoint.failures >= REST_AFTER and endpoint.shared):
             self._rest(endpoint, now)
-
-    def of_url(self, endpoint: Endpoint) -> list[Endpoint]:
-        """Endpoints sharing a bucket with this one (itself included)."""
-        for endpoints in self._by_bucket.values():
-            if endpoint in endpoints and len(endpoints) > 1:
-                return endpoints
-        return [endpoint]
 
     def _rest(self, endpoint: Endpoint, now: float) -> None:
         if endpoint.probing:

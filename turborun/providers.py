@@ -99,7 +99,7 @@ class Providers:
         first requests of a run do not wait for SDK imports and client set-up."""
         for provider in ("openai", "groq"):
             if self._api_keys.get(provider):
-                self._client_for(provider, None).active -= 1
+                self._client_for(provider, None)
 
     def close(self) -> None:
         if self._runner is not None:
@@ -111,6 +111,7 @@ class Providers:
         if method not in ("POST", "GET"):
             raise _UnsupportedMethod(f"method {method} is not supported; use POST or GET")
         client = self._client_for(call.provider, call.base_url)
+        client.active += 1
         try:
             path = _provider_path(call.provider, call.url)
             options = {"headers": _JSON_HEADERS, "timeout": call.timeout_s}
@@ -124,8 +125,8 @@ class Providers:
             client.active -= 1
 
     def _client_for(self, provider: str, base_url: str | None) -> _Client:
-        """The least busy client of (provider, base URL), counted as busy once more; a
-        new one when every client already holds REQUESTS_PER_CLIENT requests."""
+        """The least busy client of (provider, base URL); a new one when every client
+        already holds REQUESTS_PER_CLIENT requests."""
         if provider not in ("openai", "groq"):
             raise ValueError(f"unknown provider {provider!r}")
         clients = self._clients.setdefault((provider, base_url), [])
@@ -133,7 +134,6 @@ class Providers:
         if best is None or best.active >= REQUESTS_PER_CLIENT:
             best = _Client(self._build_client(provider, base_url))
             clients.append(best)
-        best.active += 1
         return best
 
     def clients(self, provider: str, base_url: str | None = None) -> int:

@@ -71,8 +71,8 @@ def worker_main(
     # before the hello: a run's clock starts with clients ready
     asyncio.run_coroutine_threadsafe(providers.warm_up(), loop).result()
     steps = ThreadPoolExecutor(max(1, settings.fn_threads), thread_name_prefix="turborun-fn")
-    for target in (_sender(outbox, outcomes), _watchdog(os.getppid())):
-        threading.Thread(target=target, daemon=True).start()
+    threading.Thread(target=_send, args=(outbox, outcomes), daemon=True).start()
+    threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
     outbox.put(_HELLO)  # ready: modules imported, threads started
     running: set[asyncio.Task[None]] = set()
 
@@ -111,28 +111,23 @@ def _start_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _sender(outbox: queue.SimpleQueue[Outcome], outcomes: Connection):  # type: ignore[no-untyped-def]
-    def send() -> None:
+def _send(outbox: queue.SimpleQueue[Outcome], outcomes: Connection) -> None:
+    """Send outcomes as they come, all that are waiting in one message."""
+    while True:
+        batch = [outbox.get()]
         while True:
-            batch = [outbox.get()]
-            while True:
-                try:
-                    batch.append(outbox.get(block=False))
-                except queue.Empty:
-                    break
             try:
-                outcomes.send(batch)
-            except (OSError, ValueError):
-                os._exit(0)  # supervisor gone: stop, do not send more requests
+                batch.append(outbox.get(block=False))
+            except queue.Empty:
+                break
+        try:
+            outcomes.send(batch)
+        except (OSError, ValueError):
+            os._exit(0)  # supervisor gone: stop, do not send more requests
 
-    return send
 
-
-def _watchdog(parent: int):  # type: ignore[no-untyped-def]
-    def watch() -> None:
-        while True:
-            time.sleep(_WATCHDOG_PERIOD_S)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    return watch
+def _watchdog(parent: int) -> None:
+    while True:
+        time.sleep(_WATCHDOG_PERIOD_S)
+        if os.getppid() != parent:
+            os._exit(0)

@@ -377,6 +377,23 @@ def test_429s_of_requests_already_in_flight_slow_down_once() -> None:
     assert bucket.rpm == pytest.approx(600 * 0.8)
 
 
+def test_per_second_429_at_the_paced_limit_slows_only_a_little() -> None:
+    """A 429 naming the per-second window of the very limit we pace for comes from
+    requests arriving later than sent: hold for its retry-after, barely slow down. A
+    per-second limit below ours is a real slowdown."""
+    limits = {("openai", "m"): Limit(30_000, 10**9), ("openai", "n"): Limit(60_000, 10**9)}
+    budget, clock = make_budget(limits)
+    bucket, lower = budget.bucket("openai", "m"), budget.bucket("openai", "n")
+    send_now(bucket, clock)
+    send_now(lower, clock)
+    jitter = "Rate limit reached on requests per second (RPS): Limit 500, Used 500, Requested 1."
+    bucket.settle(rate_limited(0.02, jitter), 10, 5)
+    assert bucket.rpm == pytest.approx(30_000 * 0.97)
+    assert bucket.ready_at(10) >= clock.now + 0.02
+    lower.settle(rate_limited(0.02, jitter), 10, 5)  # 500/s is below the 1,000/s we pace for
+    assert lower.rpm == pytest.approx(30_000)  # learned from the message
+
+
 @pytest.mark.parametrize(
     ("outcome", "provider"),
     [

@@ -12,7 +12,7 @@ class LimitMessage:
     """What a 429's message says: "... on requests per min (RPM): Limit 30, Used 30,
     Requested 1. Please try again in 2s." (OpenAI and Groq word them alike)."""
 
-    __slots__ = ("kind", "daily", "limit_per_min", "wait_s")
+    __slots__ = ("kind", "daily", "per_second", "limit_per_min", "wait_s")
 
     _WINDOW = re.compile(r"\b([RT])P([SMDH])\b")
     _WORDS = re.compile(r"\b(requests|tokens) per (second|sec|min|minute|hour|day)\b", re.I)
@@ -24,6 +24,7 @@ class LimitMessage:
     def __init__(self) -> None:
         self.kind: str | None = None  # "requests" | "tokens"
         self.daily = False
+        self.per_second = False  # the limit named is a per-second window (RPS, TPS)
         self.limit_per_min: float | None = None
         self.wait_s: float | None = None
 
@@ -41,6 +42,7 @@ class LimitMessage:
                 message.kind = words.group(1).lower()
                 period = words.group(2)[0].upper()
         message.daily = bool(cls._DAILY.search(text))
+        message.per_second = period == "S"
         limit = cls._LIMIT.search(text)
         scale = cls._PER_MIN.get(period) if period is not None else None
         if limit is not None and scale is not None:

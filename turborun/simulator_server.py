@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import math
 import os
 import random
@@ -414,10 +413,6 @@ async def serve(config: SimConfig, announce: Callable[[str], None]) -> None:
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
     if config.exit_with_parent:
         _watch_parent(loop, os.getppid(), stop)
-    # The server's own pauses must not look like bursts to its limit windows: freeze
-    # what is alive now out of collections and collect the young generation rarely.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
     announce(f"listening on http://{config.host}:{port}")
     try:
         await stop

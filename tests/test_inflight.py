@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -335,3 +337,26 @@ def test_a_configured_limit_equal_to_the_servers_draws_no_429(tmp_path):
     busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
     assert result.metrics.rate_limited == 0, f"{result.metrics.rate_limited} × 429, {busiest}/s"
     assert busiest <= 200, busiest
+
+
+# ---- the open-file limit ---------------------------------------------------------------
+
+
+def test_open_file_limit_lowers_the_ceiling_and_says_so():
+    """Every request in flight holds a socket: with a hard limit of 600 descriptors, two
+    processes hold at most 2 × (600 − 128), however high --max-in-flight is, and the run
+    log says which limit binds."""
+    script = (
+        "import logging, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 600))\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "from turborun.config import Config\n"
+        "from turborun.session import _in_flight_target\n"
+        "target = _in_flight_target(Config(max_in_flight=8192), 2)\n"
+        "print('ceiling', target.ceiling, 'soft', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "ceiling 944 soft 600" in done.stdout, done.stdout + done.stderr
+    assert "open-file limit (soft 600, hard 600) allows at most 944" in done.stdout

@@ -9,7 +9,7 @@ import pytest
 from turborun.exceptions import ConfigError
 from turborun.pricing import Pricing
 
-REPO_PRICING = Path(__file__).resolve().parent.parent / "configs" / "pricing.toml"
+REPO_PRICING = Path(__file__).resolve().parent.parent / "turborun" / "data" / "pricing.toml"
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,9 +1,11 @@
-"""Prices per (provider, model) from configs/pricing.toml, and the cost of one answer.
+"""Prices per (provider, model), and the cost of one answer.
 
 Prices are USD per million tokens: ``input``, ``cached_input`` (prompt tokens served
 from the provider's cache; absent: billed as input) and ``output``. Files load in
-order and a later file replaces an earlier one's entry for the same model, so a
-working directory's ``configs/pricing.toml`` overrides the one shipped with turborun.
+order and a later file replaces an earlier one's entry for the same model: the prices
+shipped inside the package (``turborun/data/pricing.toml``, read through
+importlib.resources, so an installed wheel has them) come first, and a working
+directory's ``configs/pricing.toml`` overrides them.
 An unknown model or unknown usage costs None, never 0: a summary must not pass off
 "we do not know" as "free".
 """
@@ -15,12 +17,15 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from turborun.exceptions import ConfigError
 
 PRICING_FILE = Path("configs") / "pricing.toml"
+SHIPPED_PRICING: Traversable = files("turborun") / "data" / "pricing.toml"
 PER_TOKENS = 1_000_000
 # Dated snapshots: gpt-4o-mini-2024-07-18, gpt-4-0613, o3-mini-20250131 -> base model.
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
@@ -41,24 +46,22 @@ class Pricing:
         self._prices: dict[tuple[str, str], Price] = dict(prices or {})
 
     @classmethod
-    def load(cls, paths: Iterable[Path]) -> Pricing:
+    def load(cls, paths: Iterable[Path | Traversable]) -> Pricing:
         """Merge pricing files in order (later wins per model); missing files are skipped.
         A malformed file is a ConfigError naming it."""
         prices: dict[tuple[str, str], Price] = {}
         for path in paths:
-            path = Path(path)
+            if isinstance(path, str):
+                path = Path(path)
             if not path.is_file():
                 continue
             prices.update(_read(path))
         return cls(prices)
 
     @classmethod
-    def default_paths(cls, cwd: Path) -> list[Path]:
-        """The pricing.toml shipped beside the package, then the working directory's."""
-        import turborun
-
-        shipped = Path(turborun.__file__).resolve().parent.parent / PRICING_FILE
-        return [shipped, Path(cwd) / PRICING_FILE]
+    def default_paths(cls, cwd: Path) -> list[Path | Traversable]:
+        """The prices shipped in the package, then the working directory's pricing.toml."""
+        return [SHIPPED_PRICING, Path(cwd) / PRICING_FILE]
 
     def price(self, provider: str, model: str) -> Price | None:
         found = self._prices.get((provider, model))
@@ -92,7 +95,7 @@ class Pricing:
         return usd / PER_TOKENS
 
 
-def _read(path: Path) -> dict[tuple[str, str], Price]:
+def _read(path: Path | Traversable) -> dict[tuple[str, str], Price]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -106,7 +109,7 @@ def _read(path: Path) -> dict[tuple[str, str], Price]:
     return prices
 
 
-def _price(path: Path, label: str, entry: Any) -> Price:
+def _price(path: Path | Traversable, label: str, entry: Any) -> Price:
     if not isinstance(entry, dict):
         raise _error(path, f"{label} is not a table (input, cached_input, output)")
     unknown = sorted(set(entry) - set(_FIELDS))
@@ -131,5 +134,5 @@ def _price(path: Path, label: str, entry: Any) -> Price:
     return Price(values["input"], values["output"], values.get("cached_input"))
 
 
-def _error(path: Path, problem: str) -> ConfigError:
+def _error(path: Path | Traversable, problem: str) -> ConfigError:
     return ConfigError(str(path), None, f"{path}: {problem}")

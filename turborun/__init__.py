@@ -15,11 +15,14 @@ __all__ = [
     "CheckpointError",
     "CheckpointExists",
     "CheckpointLocked",
+    "Config",
     "ConfigError",
     "InputError",
+    "Limit",
     "Metrics",
     "ModelStats",
     "Problem",
+    "Progress",
     "Result",
     "Runner",
     "TaskFailed",
@@ -33,6 +36,9 @@ _HOME = {
     "Result": "turborun.api",
     "Runner": "turborun.api",
     "execute_batch": "turborun.api",
+    "Config": "turborun.config",
+    "Limit": "turborun.config",
+    "Progress": "turborun.supervisor",
     "Metrics": "turborun.metrics",
     "ModelStats": "turborun.metrics",
     **{
@@ -53,6 +59,7 @@ _HOME = {
 
 if TYPE_CHECKING:
     from turborun.api import BatchResult, Result, Runner, execute_batch
+    from turborun.config import Config, Limit
     from turborun.exceptions import (
         CheckpointError,
         CheckpointExists,
@@ -65,6 +72,7 @@ if TYPE_CHECKING:
         WorkerStartError,
     )
     from turborun.metrics import Metrics, ModelStats
+    from turborun.supervisor import Progress
 
 
 def __getattr__(name: str) -> Any:

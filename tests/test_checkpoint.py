@@ -1,5 +1,6 @@
 """The checkpoint: a journal that survives kill -9 and never evicts, the run lock,
-refusal without --resume, --fresh, meta, and reading a run from outside."""
+refusal without --resume, --resume with nothing to resume, --fresh (turborun's files
+only), run names, damaged or lost journals, meta, and reading a run from outside."""
 
 from __future__ import annotations
 
@@ -18,10 +19,20 @@ import pytest
 from turborun.checkpoint import (
     Checkpoint,
     Journal,
+    default_run_name,
     list_runs,
+    meta_problem,
     open_journal_readonly,
+    read_meta,
+    remove_stale_temp,
 )
-from turborun.exceptions import CheckpointExists, CheckpointLocked
+from turborun.exceptions import (
+    CheckpointDamaged,
+    CheckpointError,
+    CheckpointExists,
+    CheckpointLocked,
+    CheckpointNotFound,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +209,7 @@ HOLDER = """
     import sys, time
     from pathlib import Path
     from turborun.checkpoint import Checkpoint
-    checkpoint = Checkpoint.open(Path(sys.argv[1]), "run", resume=True, fresh=False)
+    checkpoint = Checkpoint.open(Path(sys.argv[1]), "run", resume=False, fresh=False)
     print("held", flush=True)
     time.sleep(60)
 """
@@ -247,12 +258,30 @@ def test_empty_checkpoint_is_not_refused(tmp_path: Path) -> None:
     Checkpoint.open(tmp_path, "run", resume=False, fresh=False).close()
 
 
-def test_resume_without_a_checkpoint_starts_one(tmp_path: Path) -> None:
-    with Checkpoint.open(tmp_path / "nowhere", "run", resume=True, fresh=False) as checkpoint:
+def test_new_checkpoint_starts_empty(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path / "nowhere", "run", resume=False, fresh=False) as checkpoint:
         assert checkpoint.folder == tmp_path / "nowhere" / "run"
         assert len(checkpoint.journal) == 0
         assert checkpoint.read_meta() == {}
         assert checkpoint.log_path == checkpoint.folder / "run.log"
+
+
+def test_resume_without_a_checkpoint_is_refused_naming_where_it_looked_and_the_runs_there(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(CheckpointNotFound) as refused:
+        Checkpoint.open(tmp_path / "nowhere", "run", resume=True, fresh=False)
+    assert str(tmp_path / "nowhere" / "run") in str(refused.value)
+    assert "no runs there" in str(refused.value)
+    assert not (tmp_path / "nowhere").exists(), "a refused resume creates nothing"
+    for name in ("nightly", "weekly"):
+        Checkpoint.open(tmp_path, name, resume=False, fresh=False).close()
+    with pytest.raises(CheckpointNotFound) as refused:
+        Checkpoint.open(tmp_path, "nightyl", resume=True, fresh=False)
+    assert refused.value.runs == ["nightly", "weekly"]
+    assert "runs there: nightly, weekly" in str(refused.value)
+    assert not (tmp_path / "nightyl").exists()
+    Checkpoint.open(tmp_path, "nightly", resume=True, fresh=False).close()
 
 
 def test_fresh_discards_journal_and_meta(tmp_path: Path) -> None:
@@ -297,3 +326,159 @@ def test_status_reads_a_running_checkpoint_without_its_lock(tmp_path: Path) -> N
     Checkpoint.open(tmp_path, "other", resume=False, fresh=False).close()
     (tmp_path / "stray-file").write_text("")
     assert list_runs(tmp_path) == ["other", "run"]
+
+
+# --- names, what --fresh removes, damaged journals -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "/tmp/x", "a/b", "..", ".", ".hidden", "", "-x", "a b", "x" * 129, "é"]
+)
+def test_run_name_is_a_name_not_a_path(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "checkpoints"
+    with pytest.raises(CheckpointError) as refused:
+        Checkpoint.open(root, name, resume=False, fresh=True)
+    assert "letters, digits" in str(refused.value), "the message says what is allowed"
+    assert list(tmp_path.iterdir()) == [], "nothing created, inside or outside"
+    with pytest.raises(CheckpointError):
+        open_journal_readonly(root, name)
+
+
+def test_allowed_run_names_open(tmp_path: Path) -> None:
+    for name in ("a", "nightly-2026.11.30_v2", "X" * 128):
+        Checkpoint.open(tmp_path, name, resume=False, fresh=False).close()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "name"),
+    [
+        ("essay.jsonl", "essay"),
+        ("my tasks (1).jsonl", "my_tasks__1_"),
+        (".hidden.jsonl", "hidden"),
+        ("....jsonl", "run"),
+        ("plain", "plain"),
+    ],
+)
+def test_default_run_name_is_the_task_file_name_made_safe(tasks: str, name: str) -> None:
+    assert default_run_name(Path("/somewhere") / tasks) == name
+
+
+def test_fresh_removes_only_what_turborun_made(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.journal.record_many([("a", entry(1))])
+        checkpoint.write_meta({"state": "finished", "succeeded": 1})
+    folder = tmp_path / "run"
+    mine = {
+        folder / "notes.txt": "keep",
+        folder / "journal" / "notes.txt": "keep too",
+        folder / "journal" / "ab" / "readme": "and this",
+    }
+    for path, text in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=True) as checkpoint:
+        assert len(checkpoint.journal) == 0 and checkpoint.read_meta() == {}
+    for path, text in mine.items():
+        assert path.read_text() == text
+
+
+def test_zero_byte_journal_is_refused_unless_accepted(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.journal.record_many([("a", entry(1))])
+        checkpoint.write_meta({"state": "running", "total": 5})
+    (tmp_path / "run" / "journal" / "cache.db").write_bytes(b"")
+    for resume in (True, False):
+        with pytest.raises(CheckpointDamaged) as refused:
+            Checkpoint.open(tmp_path, "run", resume=resume, fresh=False)
+        assert "empty (0 bytes)" in str(refused.value)
+        assert "--accept-lost-journal" in str(refused.value) and "--fresh" in str(refused.value)
+    with Checkpoint.open(
+        tmp_path, "run", resume=True, fresh=False, accept_lost_journal=True
+    ) as checkpoint:
+        assert len(checkpoint.journal) == 0
+
+
+def test_missing_journal_beside_run_json_is_refused(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.journal.record_many([("a", entry(1))])
+        checkpoint.write_meta({"state": "running", "total": 5})
+    for victim in ("journal/cache.db", "journal"):
+        path = tmp_path / "run" / victim
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
+        with pytest.raises(CheckpointDamaged) as refused:
+            Checkpoint.open(tmp_path, "run", resume=True, fresh=False)
+        assert "is missing" in str(refused.value) and "run.json" in str(refused.value)
+
+
+def test_empty_journal_is_refused_when_run_json_records_work_done(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.write_meta({"state": "finished", "total": 5, "succeeded": 4, "failed": 1})
+    with pytest.raises(CheckpointDamaged) as refused:
+        Checkpoint.open(tmp_path, "run", resume=True, fresh=False)
+    assert "records 5 tasks done" in str(refused.value)
+    # A run killed before its first commit is a checkpoint with nothing done: accepted.
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=True) as checkpoint:
+        checkpoint.write_meta({"state": "running", "total": 5})
+    Checkpoint.open(tmp_path, "run", resume=True, fresh=False).close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_journal_is_refused_with_a_message(tmp_path: Path, damage: str) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.journal.record_many(
+            [(f"k{i}", entry(i, body=b'{"x": "' + b"y" * 500 + b'"}')) for i in range(2000)]
+        )
+    db = tmp_path / "run" / "journal" / "cache.db"
+    if damage == "garbage":
+        db.write_bytes(os.urandom(64 * 1024))
+    else:
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    with pytest.raises(CheckpointDamaged) as refused:
+        checkpoint = Checkpoint.open(tmp_path, "run", resume=True, fresh=False)
+        try:  # a truncated file may open and fail on the first read of its entries
+            list(checkpoint.journal.entries())
+        finally:
+            checkpoint.close()
+    assert "is damaged" in str(refused.value) and "--fresh" in str(refused.value)
+    # the refusal let go of the lock
+    Checkpoint.open(tmp_path, "run", resume=False, fresh=True).close()
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "file"
+    root.write_text("")
+    with pytest.raises(CheckpointError, match="is not a folder"):
+        Checkpoint.open(root, "run", resume=False, fresh=False)
+    with pytest.raises(CheckpointError, match="is not a folder"):
+        open_journal_readonly(root, "run")
+
+
+def test_corrupt_run_json_reads_as_empty_and_says_why(tmp_path: Path) -> None:
+    with Checkpoint.open(tmp_path, "run", resume=False, fresh=False) as checkpoint:
+        checkpoint.journal.record_many([("a", entry(1))])
+    (tmp_path / "run" / "run.json").write_bytes(b'{"state": "runn')
+    assert read_meta(tmp_path / "run") == {}
+    assert "not JSON" in (meta_problem(tmp_path / "run") or "")
+    with Checkpoint.open(tmp_path, "run", resume=True, fresh=False) as checkpoint:
+        checkpoint.write_meta({"state": "finished"})  # a run heals it
+    assert meta_problem(tmp_path / "run") is None
+
+
+def test_temporary_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".run.json.{dead.stdout.strip()}.tmp"
+    live = tmp_path / f".run.json.{os.getppid()}.tmp"
+    other = tmp_path / ".other.123.tmp"
+    for path in (stale, live, other):
+        path.write_text("x")
+    remove_stale_temp(tmp_path, "run.json")
+    assert not stale.exists() and live.exists() and other.exists()

@@ -4,6 +4,7 @@ submitted one by one with futures (SPEC §7)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import threading
@@ -13,17 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turborun.checkpoint import Journal
+from turborun.checkpoint import Checkpoint, Journal, default_run_name
 from turborun.config import Config, load_config
 from turborun.entries import SUCCEEDED
-from turborun.exceptions import InputError, Problem, TaskFailed
+from turborun.exceptions import CheckpointError, InputError, Problem, TaskFailed
 from turborun.metrics import Metrics
-from turborun.results import default_results_path, write_results
+from turborun.results import check_results_path, default_results_path, write_results
 from turborun.session import RunSession
 from turborun.supervisor import Supervisor
 from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts
 from turborun.templates import template_refs
 from turborun.tokens import TokenEstimator
+
+log = logging.getLogger("turborun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,11 @@ class BatchResult:
     results_path: Path | None = None
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # A journal commit failed (a full disk): the run stopped; what was journaled stays
+    # and a resume sends the rest. None: every commit went through.
+    journal_error: str | None = None
+    # The results file could not be written at the end (the journal holds everything).
+    results_error: str | None = None
 
     @property
     def success_rate(self) -> float:
@@ -122,6 +130,7 @@ def execute_batch(
     config: Config | None = None,
     progress: Any = None,
     handle_signals: bool | None = None,
+    accept_lost_journal: bool = False,
     **settings: Any,
 ) -> BatchResult:
     """Run a task set to the end and return its results.
@@ -137,22 +146,30 @@ def execute_batch(
     line's display on stderr (a tqdm bar on a terminal, else periodic lines), or
     None/False for none. ``handle_signals``: make
     SIGINT/SIGTERM stop the run gracefully (default: when on the main thread).
+    ``resume`` continues an existing checkpoint (CheckpointNotFound when there is
+    none). ``accept_lost_journal``: run a checkpoint whose journal is missing or empty
+    although run.json records work done (every task not journaled is sent again).
+    The results path is checked before anything is sent (ResultsPathError).
     """
     config = config or load_config(settings)
     display, owned = _progress_display(progress)
     estimator = TokenEstimator()
     if isinstance(tasks, str | os.PathLike):
         path = Path(tasks)
+        output = output if output is not None else default_results_path(path)
+        check_results_path(Path(output), path)
         # A resume sends few of its tasks: the supervisor counts prompt tokens of those
         # that run (tokenizing 100,000 prompts costs more than a second).
         taskset = load_tasks(path, None if resume else estimator)
-        run_name = checkpoint or _run_name(path)
-        output = output if output is not None else default_results_path(path)
+        run_name = checkpoint or default_run_name(path)
     else:
+        if output is not None:
+            check_results_path(Path(output))
         taskset = tasks_from_dicts(list(tasks), estimator)
         run_name = checkpoint
+    opening = _Opening(resume, fresh, accept_lost_journal)
     try:
-        return _run(taskset, run_name, config, resume, fresh, output, display, handle_signals)
+        return _run(taskset, run_name, config, opening, output, display, handle_signals)
     finally:
         taskset.close()
         if owned:
@@ -172,49 +189,71 @@ def _progress_display(progress: Any) -> tuple[Any, bool]:
     raise TypeError(f"progress must be a callable, True, False or None, not {progress!r}")
 
 
-def _run_name(path: Path) -> str:
-    name = path.name
-    return name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+@dataclass(frozen=True, slots=True)
+class _Opening:
+    """How to open the run's checkpoint."""
+
+    resume: bool
+    fresh: bool
+    accept_lost_journal: bool
 
 
 def _run(
     taskset: TaskSet,
     run_name: str | None,
     config: Config,
-    resume: bool,
-    fresh: bool,
+    opening: _Opening,
     output: str | os.PathLike[str] | None,
     progress: Any,
     handle_signals: bool | None,
 ) -> BatchResult:
     session = RunSession(
-        config, run_name, resume=resume, fresh=fresh, providers=taskset.providers()
+        config,
+        run_name,
+        resume=opening.resume,
+        fresh=opening.fresh,
+        providers=taskset.providers(),
+        accept_lost_journal=opening.accept_lost_journal,
     )
     with session:
         assert session.checkpoint is not None
-        journal = session.checkpoint.journal
+        checkpoint = session.checkpoint
+        journal = checkpoint.journal
         previous = {cid: (e["status"], e["fingerprint"]) for cid, e in journal.entries()}
         supervisor = session.supervisor(taskset.body, on_progress=progress)
         supervisor.add_batch(taskset.tasks, previous)
-        session.checkpoint.write_meta(_meta(taskset, session, "running"))
+        try:
+            checkpoint.write_meta(_meta(taskset, session, "running"))
+        except OSError as exc:  # nothing was sent yet
+            raise CheckpointError(
+                f"cannot write {checkpoint.folder / 'run.json'}: {exc.strerror or exc}"
+            ) from None
         restore = _install_signals(supervisor, session, handle_signals)
+        metrics: Metrics | None = None
         try:
             metrics = supervisor.run()
         finally:
             restore()
-        results_path = None
+            if metrics is None:  # the loop raised: run.json must not say "running"
+                _try_write_meta(checkpoint, _meta(taskset, session, "crashed"))
         ids = [t.custom_id for t in taskset.tasks]
-        if output is not None:
-            results_path = Path(output)
-            write_results(
-                results_path,
-                journal.get_many(ids),
-                run_name=session.run_name or "",
-                resumed=supervisor.resumed,
-            )
+        results_path, results_error = _write_results_file(
+            output, journal, ids, session.run_name or "", supervisor.resumed
+        )
+        journal_error = None if journal.write_error is None else str(journal.write_error)
         state = "interrupted" if metrics.interrupted else "finished"
-        session.checkpoint.write_meta(_meta(taskset, session, state, metrics))
-        folder = session.checkpoint.folder
+        if journal_error is not None:
+            state = "stopped"
+        meta = _meta(taskset, session, state, metrics)
+        meta.update(
+            {
+                k: v
+                for k, v in (("journal_error", journal_error), ("results_error", results_error))
+                if v
+            }
+        )
+        _try_write_meta(checkpoint, meta)
+        folder = checkpoint.folder
     keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
     return BatchResult(
         results=_JournalResults(folder, ids, supervisor.resumed, keep),
@@ -223,7 +262,43 @@ def _run(
         checkpoint=folder,
         results_path=results_path,
         interrupted=metrics.interrupted,
+        journal_error=journal_error,
+        results_error=results_error,
     )
+
+
+def _write_results_file(
+    output: str | os.PathLike[str] | None,
+    journal: Journal,
+    ids: list[str],
+    run_name: str,
+    resumed: set[str],
+) -> tuple[Path | None, str | None]:
+    """(the path written, None) or (None, why it could not be): every request is paid
+    for by now and the journal holds the results, so a failure here is reported, not
+    raised (a resume with another -o writes them without sending anything)."""
+    if output is None:
+        return None, None
+    path = Path(output)
+    try:
+        write_results(path, journal.get_many(ids), run_name=run_name, resumed=resumed)
+    except OSError as exc:
+        why = f"cannot write the results file {path}: {exc.strerror or exc}"
+        log.error("%s", why)
+        return None, why
+    return path, None
+
+
+def _try_write_meta(checkpoint: Checkpoint, meta: dict[str, Any]) -> None:
+    try:
+        checkpoint.write_meta(meta)
+    except OSError as exc:
+        log.warning(
+            "cannot update %s (%s): it may still say %r",
+            checkpoint.folder / "run.json",
+            exc.strerror or exc,
+            checkpoint.read_meta().get("state"),
+        )
 
 
 def _meta(
@@ -284,12 +359,14 @@ class Runner:
         resume: bool = False,
         fresh: bool = False,
         config: Config | None = None,
+        accept_lost_journal: bool = False,
         **settings: Any,
     ) -> None:
         self._config = config or load_config(settings)
         self._checkpoint = checkpoint
         self._resume = resume
         self._fresh = fresh
+        self._accept_lost_journal = accept_lost_journal
         self._estimator = TokenEstimator()
         self._futures: dict[str, Future[Result]] = {}
         self._known: set[str] = set()
@@ -309,6 +386,7 @@ class Runner:
             resume=self._resume,
             fresh=self._fresh,
             providers=providers,
+            accept_lost_journal=self._accept_lost_journal,
         )
         self._session.__enter__()
         self._supervisor = self._session.supervisor(lambda t: t.body or {}, self._on_done)

@@ -1,7 +1,10 @@
 """Command line: argv → Config → execute_batch → exit code. The only sys.exit.
 
 Exit codes: 0 all succeeded; 1 some failed or were skipped; 2 bad input, bad
-configuration or refused checkpoint; 130 interrupted.
+configuration, refused checkpoint or results path (nothing sent); 4 a file could
+not be written during or after the run (a full disk while journaling, the results
+file): the checkpoint holds everything journaled and the printed --resume command
+finishes the run; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from turborun.config import STRATEGIES, load_config
 from turborun.exceptions import InputError, TurborunError
 from turborun.metrics import summary_table
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+# Flags that do not belong in the printed resume command.
+_NOT_RESUMED = ("--resume", "--fresh", "--accept-lost-journal")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     mode = batch.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
     mode.add_argument("--fresh", action="store_true", help="discard the run's checkpoint")
-    batch.add_argument("--run-name", help="checkpoint name (default: task file name)")
+    batch.add_argument(
+        "--run-name",
+        help="checkpoint name: letters, digits, '.', '_', '-' (default: task file name)",
+    )
+    batch.add_argument(
+        "--accept-lost-journal",
+        action="store_true",
+        help="run a checkpoint whose journal is missing or empty although run.json "
+        "records work done (every task not journaled is sent again)",
+    )
     batch.add_argument(
         "--workers",
         type=int,
@@ -121,6 +135,7 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
             output=args.output,
             config=config,
             progress=display,
+            accept_lost_journal=args.accept_lost_journal,
         )
     finally:
         display.close()
@@ -128,12 +143,27 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     print(summary_table(result.metrics))
     if result.results_path is not None:
         print(f"results: {result.results_path}")
-    if result.interrupted:
-        again = [a for a in argv if a not in ("--resume", "--fresh")]
+    pending = result.metrics.pending
+    if result.journal_error is not None:
         print(
-            f"interrupted: {result.metrics.pending} tasks not finished; the checkpoint "
-            f"{result.checkpoint} holds everything done.\nresume with: "
-            f"{shlex.join([sys.executable, '-m', 'turborun', *again, '--resume'])}",
+            f"stopped: {result.journal_error}. {pending} tasks not finished; the checkpoint "
+            f"{result.checkpoint} holds everything journaled. Free space, then resume with: "
+            f"{_resume_command(argv, other_output=result.results_error is not None)}",
+            file=sys.stderr,
+        )
+        return EXIT_WRITE_FAILED
+    if result.results_error is not None:
+        print(
+            f"{result.results_error}. The checkpoint {result.checkpoint} holds every "
+            f"result; write them elsewhere (nothing is sent again) with: "
+            f"{_resume_command(argv, other_output=True)}",
+            file=sys.stderr,
+        )
+        return EXIT_WRITE_FAILED
+    if result.interrupted:
+        print(
+            f"interrupted: {pending} tasks not finished; the checkpoint "
+            f"{result.checkpoint} holds everything done.\nresume with: {_resume_command(argv)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -141,11 +171,35 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK if m.failed == 0 and m.skipped == 0 else EXIT_FAILED
 
 
+def _resume_command(argv: list[str], *, other_output: bool = False) -> str:
+    """The command line that resumes this run; ``other_output``: with ``-o OTHER`` in
+    place of the results path given (a placeholder for the user to fill in)."""
+    again: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _NOT_RESUMED:
+            pass
+        elif other_output and arg in ("-o", "--output"):
+            skip = True
+        elif not (other_output and arg.startswith(("--output=", "-o"))):
+            again.append(arg)
+    command = shlex.join([sys.executable, "-m", "turborun", *again, "--resume"])
+    return command + (" -o OTHER" if other_output else "")
+
+
 def _status(args: argparse.Namespace) -> int:
-    from turborun.checkpoint import list_runs, open_journal_readonly
+    from turborun.checkpoint import (
+        check_checkpoint_dir,
+        list_runs,
+        meta_problem,
+        open_journal_readonly,
+    )
 
     config = load_config({})
     if not args.run_name:
+        check_checkpoint_dir(config.checkpoint_dir)
         runs = list_runs(config.checkpoint_dir)
         if not runs:
             print(f"no runs in {config.checkpoint_dir}")
@@ -154,7 +208,12 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     opened = open_journal_readonly(config.checkpoint_dir, args.run_name)
     if opened is None:
-        print(f"turborun: no run {args.run_name!r} in {config.checkpoint_dir}", file=sys.stderr)
+        runs = list_runs(config.checkpoint_dir)
+        there = f"runs there: {', '.join(runs)}" if runs else "no runs there"
+        print(
+            f"turborun: no run {args.run_name!r} in {config.checkpoint_dir} ({there})",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     meta, journal = opened
     try:
@@ -163,7 +222,11 @@ def _status(args: argparse.Namespace) -> int:
         journal.close()
     total = meta.get("total") or 0
     done = sum(counts.values())
-    print(f"run {args.run_name}: {meta.get('state', 'unknown')} (pid {meta.get('pid')})")
+    state = meta.get("state", "unknown")
+    problem = meta_problem(config.checkpoint_dir / args.run_name)
+    if problem is not None:
+        state = f"state unknown (run.json unreadable: {problem})"
+    print(f"run {args.run_name}: {state} (pid {meta.get('pid')})")
     print(f"tasks file: {meta.get('tasks_file')}")
     print(
         f"journaled {done} of {total}: "

@@ -6,6 +6,11 @@ TurborunError
   CheckpointError
     CheckpointLocked    .pid
     CheckpointExists
+    CheckpointNotFound  --resume named no checkpoint; .folder, .runs (names found there)
+    CheckpointDamaged   the journal is missing, empty, unreadable or not writable
+  ResultsPathError    the results file cannot be written where asked
+  JournalWriteError   a journal commit failed mid-run (disk full, ...); .folder, .disk_full
+  WorkerStartError
   TaskFailed          a Runner future's task failed or was skipped; .result
 
 This module imports nothing from turborun, so any module may import it.
@@ -77,6 +82,42 @@ class CheckpointExists(CheckpointError):
             f"checkpoint {folder} already holds {count} results; "
             "use --resume to continue it or --fresh to discard it"
         )
+
+
+class CheckpointNotFound(CheckpointError):
+    """``--resume`` found no checkpoint under that name: resuming would silently start
+    over and pay for every task again."""
+
+    def __init__(self, folder: str, runs: list[str]) -> None:
+        self.folder = folder
+        self.runs = list(runs)
+        shown = ", ".join(self.runs[:20]) + (", ..." if len(self.runs) > 20 else "")
+        found = f"runs there: {shown}" if self.runs else "no runs there"
+        super().__init__(
+            f"--resume: no checkpoint at {folder} ({found}); check --run-name and "
+            "TURBORUN_CHECKPOINT_DIR (relative to the working folder), "
+            "or run without --resume to start it"
+        )
+
+
+class CheckpointDamaged(CheckpointError):
+    """The checkpoint's journal cannot be used: missing or empty while run.json says work
+    was done, not a database, truncated, or on a read-only folder. Nothing was sent."""
+
+
+class ResultsPathError(TurborunError):
+    """The results file cannot be written where asked; found before anything is sent."""
+
+
+class JournalWriteError(TurborunError):
+    """A journal commit failed during a run. The run stops dispatching; what was journaled
+    before stays, and ``--resume`` (after the cause is fixed) sends only the rest."""
+
+    def __init__(self, folder: str, detail: str, *, disk_full: bool) -> None:
+        self.folder = folder
+        self.disk_full = disk_full
+        what = "disk full" if disk_full else "cannot write"
+        super().__init__(f"{what}: the journal in {folder} cannot be written ({detail})")
 
 
 class WorkerStartError(TurborunError):

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("turborun")
 
 DEFAULT_BASE_S = 0.3
 DEFAULT_PER_TOKEN_S = 0.01  # ~100 output tokens per second
@@ -54,9 +59,7 @@ class LatencyModel:
         self._path = path
         self._fits: dict[str, _Fit] = {}
         if path is not None and path.exists():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                for key, values in json.loads(path.read_text()).items():
-                    self._fits[key] = _Fit(**values)
+            self._fits = _load(path)
 
     def expected_s(self, provider: str, model: str, output_tokens: int) -> float:
         key = f"{provider}/{model}"
@@ -69,6 +72,8 @@ class LatencyModel:
         self._fits.setdefault(f"{provider}/{model}", _Fit()).add(output_tokens, latency_s)
 
     def save(self) -> None:
+        """Replace the file with what this run knows (a file ignored at load is
+        rewritten whole, so it heals)."""
         if self._path is None:
             return
         data = {k: {f: getattr(v, f) for f in v.__slots__} for k, v in self._fits.items()}
@@ -77,3 +82,30 @@ class LatencyModel:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self._path)
+
+
+def _load(path: Path) -> dict[str, _Fit]:
+    """The fits kept in ``path``. A file that is not what ``save`` writes (edited by
+    hand, another version, garbage) is ignored with a warning: the defaults only cost
+    scheduling order, never correctness, and a bad value must not break every run."""
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return {str(key): _fit(values) for key, values in data.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring %s (%s): latency estimates start from defaults", path, exc)
+        return {}
+
+
+def _fit(values: Any) -> _Fit:
+    if not isinstance(values, dict) or set(values) != set(_Fit.__slots__):
+        raise ValueError(f"an entry is not {{{', '.join(_Fit.__slots__)}}}")
+    for value in values.values():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"an entry holds {value!r}, not a finite number")
+    return _Fit(**{k: float(v) for k, v in values.items()})

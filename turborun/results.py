@@ -4,7 +4,11 @@ Batch API output format plus a ``turborun`` object.
 The file is rewritten whole and atomically (temp file in the same folder, fsync,
 os.replace), so a reader never sees half a file and an interrupted run still
 leaves a file that matches the journal: nodes that never finished get a
-``pending`` line.
+``pending`` line. Only a regular file (or no file yet) is replaced: a device, a
+FIFO or ``/dev/stdout`` is written in place, as a shell's ``>`` would; a symlink
+to a regular file has its target replaced. ``check_results_path`` refuses, before
+anything is sent, a path that could not be written at the end (the task file
+itself, a folder, a missing or read-only folder).
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
+import uuid
 from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from turborun.checkpoint import remove_stale_temp
+from turborun.exceptions import ResultsPathError
 
 PENDING = "pending"
 NOT_RUN = {"code": "not_run", "message": "not run yet: run again with --resume"}
@@ -87,31 +96,97 @@ def write_results(
     resumed: Container[str],
 ) -> dict[str, int]:
     """Write one line per (custom_id, journal entry or None), in the given order,
-    atomically replacing ``path``. Returns the number of lines by status
-    (``pending``: never finished)."""
+    atomically replacing ``path`` (written in place when it is a device or FIFO).
+    Returns the number of lines by status (``pending``: never finished). OSError (a
+    full disk, ``/dev/full``) reaches the caller; the journal is untouched by it."""
     path = Path(path)
     counts: dict[str, int] = {}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def write(out: Any) -> None:
+        for custom_id, entry in entries:
+            status = PENDING if entry is None else str(entry.get("status"))
+            counts[status] = counts.get(status, 0) + 1
+            out.write(
+                result_line(custom_id, entry, run_name=run_name, resumed=custom_id in resumed)
+            )
+        out.flush()
+
+    if _in_place(path):
+        with open(path, "wb", buffering=_WRITE_BUFFER) as out:
+            write(out)
+        return counts
+    target = Path(os.path.realpath(path))  # a symlink keeps pointing at the new file
+    remove_stale_temp(target.parent, target.name)
+    tmp = _temp_path(target)
     # os.open with 0o666 lets the umask decide the mode, as for any file the user makes
     # (mkstemp would leave the results readable by their owner only).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
-            for custom_id, entry in entries:
-                status = PENDING if entry is None else str(entry.get("status"))
-                counts[status] = counts.get(status, 0) + 1
-                out.write(
-                    result_line(custom_id, entry, run_name=run_name, resumed=custom_id in resumed)
-                )
-            out.flush()
+            write(out)
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_folder(path.parent)
+    _fsync_folder(target.parent)
     return counts
+
+
+def check_results_path(path: Path, tasks_path: Path | None = None) -> None:
+    """Refuse (ResultsPathError) a results path that would destroy the task file or
+    could not be written at the end of the run: checked before anything is sent."""
+    path = Path(path)
+    if tasks_path is not None and _same_file(path, Path(tasks_path)):
+        raise ResultsPathError(
+            f"the results file {path} is the task file {tasks_path}: writing results "
+            "there would destroy the tasks; choose another -o"
+        )
+    if path.is_dir():
+        raise ResultsPathError(f"the results path {path} is a folder; -o takes a file name")
+    if _in_place(path):
+        if not os.access(path, os.W_OK):
+            raise ResultsPathError(f"cannot write the results file {path}: permission denied")
+        return
+    target = Path(os.path.realpath(path))
+    folder = target.parent
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ResultsPathError(f"the folder {folder} of the results file {path} {what}")
+    probe = folder / f".{target.name}.{uuid.uuid4().hex}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsPathError(
+            f"cannot write the results file {path}: its folder {folder} is not writable "
+            f"({exc.strerror or exc})"
+        ) from None
+
+
+def _in_place(path: Path) -> bool:
+    """Write in place rather than replace: anything but a regular file (a device, a
+    FIFO, a socket), and a regular file reached through /dev or /proc (``/dev/stdout``
+    redirected to a file: the shell's file, not a new one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if not stat.S_ISREG(mode):
+        return True
+    return os.path.realpath(path).startswith(("/dev/", "/proc/"))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
 def _fsync_folder(folder: Path) -> None:

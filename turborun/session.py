@@ -18,7 +18,7 @@ from turborun.checkpoint import Checkpoint
 from turborun.concurrency import InFlightTarget
 from turborun.config import Config, require_keys
 from turborun.endpoints import Endpoints
-from turborun.exceptions import WorkerStartError
+from turborun.exceptions import CheckpointError, WorkerStartError
 from turborun.fdlimit import RESERVED_FDS, raise_open_file_limit, sockets_per_process
 from turborun.latency import LatencyModel
 from turborun.pool import MAIN_GUARD_HINT, WorkerPool
@@ -41,11 +41,13 @@ class RunSession:
         resume: bool,
         fresh: bool,
         providers: Iterable[str],
+        accept_lost_journal: bool = False,
     ) -> None:
         self.config = config
         self.run_name = run_name
         self._resume = resume
         self._fresh = fresh
+        self._accept_lost_journal = accept_lost_journal
         self._providers = set(providers)
         self.checkpoint: Checkpoint | None = None
         self.pool: WorkerPool | None = None
@@ -85,8 +87,13 @@ class RunSession:
             self._tmp = tempfile.TemporaryDirectory(prefix="turborun-")
             checkpoint_dir = Path(self._tmp.name)
             self.run_name = "run"
+            self._resume = False  # nothing to resume in a folder made just now
         self.checkpoint = Checkpoint.open(
-            checkpoint_dir, self.run_name, resume=self._resume, fresh=self._fresh
+            checkpoint_dir,
+            self.run_name,
+            resume=self._resume,
+            fresh=self._fresh,
+            accept_lost_journal=self._accept_lost_journal,
         )
         self._attach_log(self.checkpoint.log_path)
         self.budget = Budget(
@@ -128,7 +135,12 @@ class RunSession:
         self.config.api_keys = {"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY}
 
     def _attach_log(self, path: Path) -> None:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        try:
+            handler = _QuietFileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot open the run log {path}: {exc.strerror or exc}"
+            ) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger = logging.getLogger("turborun")
         logger.addHandler(handler)
@@ -190,6 +202,14 @@ class RunSession:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """run.log on a disk that fills up: a failed write drops that record instead of
+    printing a logging traceback for each one (the journal reports the full disk)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
 
 
 def _in_flight_target(config: Config, processes: int) -> InFlightTarget:

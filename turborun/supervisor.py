@@ -52,6 +52,7 @@ from turborun.entries import (
     is_retryable,
     outcome_entry,
 )
+from turborun.exceptions import JournalWriteError
 from turborun.graph import FAILED as NODE_FAILED
 from turborun.graph import READY, RUNNING, Graph, longest_path, topological_order
 from turborun.graph import SKIPPED as NODE_SKIPPED
@@ -663,7 +664,8 @@ class Supervisor:
 
     def _finalize(self, finished: list[tuple[int, dict[str, Any]]]) -> None:
         """Journal (one transaction), then release or skip dependents."""
-        self.journal.record_many([(self.tasks[n].custom_id, e) for n, e in finished])
+        if not self._journaled([(self.tasks[n].custom_id, e) for n, e in finished]):
+            return  # not done: the nodes stay pending for --resume
         skipped: list[int] = []
         for node, entry in finished:
             self._finish_count(node, entry["status"])
@@ -689,10 +691,21 @@ class Supervisor:
             entries.append(
                 (node, failure_entry(task, DEPENDENCY_FAILED, message, attempts=0, status=SKIPPED))
             )
-        self.journal.record_many([(self.tasks[n].custom_id, e) for n, e in entries])
+        if not self._journaled([(self.tasks[n].custom_id, e) for n, e in entries]):
+            return
         for node, entry in entries:
             self._finish_count(node, SKIPPED)
             self._notify(node, entry)
+
+    def _journaled(self, entries: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Commit ``entries``; a failed commit (a full disk) stops dispatching. The
+        journal logs why and keeps the error for the caller; later commits still try."""
+        try:
+            self.journal.record_many(entries)
+        except JournalWriteError:
+            self.request_stop()
+            return False
+        return True
 
     def _finish_count(self, node: int, status: str) -> None:
         self._open -= 1

@@ -121,6 +121,8 @@ class Simulator:
         log_path: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        batches: dict[str, Any] | None = None,
+        flex_capacity_rate: float = 0.0,
     ) -> None:
         self._owned_log: str | None = None
         if log_path is None:
@@ -145,6 +147,8 @@ class Simulator:
             host=host,
             port=port,
             exit_with_parent=True,
+            batches=dict(batches or {}),  # BatchOptions of turborun/simulator_batches.py
+            flex_capacity_rate=flex_capacity_rate,
         )
         self._process: subprocess.Popen[bytes] | None = None
         self.base_url = ""

@@ -151,7 +151,7 @@ class SimBatches:
     @staticmethod
     def handles(path: str) -> bool:
         bare = _bare(path.split("?", 1)[0])
-        return bare is not None and (bare.startswith("/files") or bare.startswith("/batches"))
+        return bare is not None and bare.startswith(("/files", "/batches"))
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
         """(status, body, content type) of one request to a Files or Batches path."""
@@ -415,8 +415,11 @@ class SimBatches:
             "expired_at": batch.stamps.get("expired_at"),
             "cancelling_at": batch.stamps.get("cancelling_at"),
             "cancelled_at": batch.stamps.get("cancelled_at"),
-            "request_counts": {"total": n, "completed": done - batch.failed,
-                               "failed": batch.failed},  # fmt: skip
+            "request_counts": {
+                "total": n,
+                "completed": done - batch.failed,
+                "failed": batch.failed,
+            },  # fmt: skip
             "metadata": batch.metadata,
         }
 

@@ -42,6 +42,7 @@ from turborun.simulator_answers import (
     prompt_text,
     requested_output_tokens,
 )
+from turborun.simulator_batches import BatchOptions, SimBatches, flex_capacity_error
 from turborun.simulator_capacity import Capacity, Job
 from turborun.simulator_limits import ModelLimit, rejection_message
 
@@ -72,6 +73,9 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     exit_with_parent: bool = False
+    # Files and Batches APIs (turborun/simulator_batches.py): BatchOptions as a dict
+    batches: dict[str, Any] = field(default_factory=dict)
+    flex_capacity_rate: float = 0.0  # flex requests answered with a capacity error
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.latency_jitter < 1.0:
@@ -146,6 +150,10 @@ class SimServer:
         self.capacity = (
             Capacity(config.capacity, config.queue_limit) if config.capacity is not None else None
         )
+        self.batches = SimBatches(
+            BatchOptions.from_dict(config.batches), self.count_tokens, config.seed, clock
+        )
+        self.flex = random.Random(config.seed + 3)
 
     def decide(self, request: _Request) -> _Answer:
         entry: dict[str, Any] = {"t": time.time(), "path": request.path, "model": None,
@@ -162,6 +170,11 @@ class SimServer:
         return answer
 
     def _decide(self, request: _Request, entry: dict[str, Any]) -> _Answer:
+        if SimBatches.handles(request.path):  # Files and Batches APIs
+            status, data, kind = self.batches.answer(request.method, request.path, request.body)
+            entry["status"] = status
+            head = http_response(status, data, [self._request_id()])
+            return _Answer(head.replace(b"application/json", kind.encode(), 1))
         path = request.path.split("?", 1)[0]
         groq = path.startswith("/openai/v1/")
         endpoint = ENDPOINTS.get(path[len("/openai/v1") if groq else len("/v1") :])
@@ -186,6 +199,11 @@ class SimServer:
         if isinstance(scripted, _Answer):
             return scripted
         latency = scripted
+        rate = self.config.flex_capacity_rate
+        if rate and body.get("service_tier") == "flex" and self.flex.random() < rate:
+            status, error = flex_capacity_error(groq)
+            entry["status"] = status
+            return _Answer(http_response(status, error, [self._request_id()]))
         if self.faulty:
             fault = self._random_fault(entry, latency)
             if fault is not None:
@@ -273,6 +291,8 @@ class SimServer:
         output = min(usage.output_tokens, DEFAULT_OUTPUT_TOKENS)
         hex_id = headers[0][1][4:]
         answer = answer_body(endpoint, body, hex_id, Usage(usage.prompt_tokens, output))
+        if isinstance(body.get("service_tier"), str):  # the tier that served it, as providers do
+            answer["service_tier"] = body["service_tier"]
         entry["status"] = 200
         return self._place(
             _Answer(http_response(200, orjson.dumps(answer), headers), latency), entry

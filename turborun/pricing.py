@@ -1,7 +1,11 @@
 """Prices per (provider, model), and the cost of one answer.
 
 Prices are USD per million tokens: ``input``, ``cached_input`` (prompt tokens served
-from the provider's cache; absent: billed as input) and ``output``. Files load in
+from the provider's cache; absent: billed as input) and ``output``; optionally the same
+at the Batch API's rates (``batch_input``, ``batch_output``) and at the flex tier's
+(``flex_input``, ``flex_output``). A tier's cached prompt tokens cost ``cached_input``
+scaled by that tier's input discount; a model without a tier's prices costs None there.
+Files load in
 order and a later file replaces an earlier one's entry for the same model: the prices
 shipped inside the package (``turborun/data/pricing.toml``, read through
 importlib.resources, so an installed wheel has them) come first, and a working
@@ -30,6 +34,8 @@ PER_TOKENS = 1_000_000
 # Dated snapshots: gpt-4o-mini-2024-07-18, gpt-4-0613, o3-mini-20250131 -> base model.
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _FIELDS = ("input", "cached_input", "output")
+_TIER_FIELDS = ("batch_input", "batch_output", "flex_input", "flex_output")
+TIERS = ("standard", "batch", "flex")  # cost_usd(tier=...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,8 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None  # None: cached prompt tokens cost ``input``
+    batch: tuple[float, float] | None = None  # (input, output) at Batch API rates
+    flex: tuple[float, float] | None = None  # (input, output) at the flex tier's rates
 
 
 class Pricing:
@@ -78,11 +86,14 @@ class Pricing:
         input_tokens: int | None,
         output_tokens: int | None,
         cached_tokens: int | None = 0,
+        tier: str = "standard",
     ) -> float | None:
         """USD of one answer's usage; None for an unknown model or when the answer
         reported no usage. ``input_tokens`` includes ``cached_tokens`` (as OpenAI and
         Groq report them); an answer without output tokens (embeddings) costs its input."""
         price = self.price(provider, model)
+        if price is not None and tier != "standard":
+            price = _at_tier(price, tier)
         if price is None or input_tokens is None:
             return None
         cached = min(max(cached_tokens or 0, 0), input_tokens)
@@ -93,6 +104,17 @@ class Pricing:
             + (output_tokens or 0) * price.output
         )
         return usd / PER_TOKENS
+
+
+def _at_tier(price: Price, tier: str) -> Price | None:
+    """``price`` at the Batch API's or the flex tier's rates; None when not priced there."""
+    rates = price.batch if tier == "batch" else price.flex if tier == "flex" else None
+    if rates is None:
+        return None
+    cached = None
+    if price.cached_input is not None and price.input > 0:
+        cached = price.cached_input * rates[0] / price.input
+    return Price(rates[0], rates[1], cached)
 
 
 def _read(path: Path | Traversable) -> dict[tuple[str, str], Price]:
@@ -112,11 +134,11 @@ def _read(path: Path | Traversable) -> dict[tuple[str, str], Price]:
 def _price(path: Path | Traversable, label: str, entry: Any) -> Price:
     if not isinstance(entry, dict):
         raise _error(path, f"{label} is not a table (input, cached_input, output)")
-    unknown = sorted(set(entry) - set(_FIELDS))
+    unknown = sorted(set(entry) - set(_FIELDS) - set(_TIER_FIELDS))
     if unknown:
         raise _error(path, f"{label}: unknown key {unknown[0]} (expected {', '.join(_FIELDS)})")
     values: dict[str, float] = {}
-    for key in _FIELDS:
+    for key in _FIELDS + _TIER_FIELDS:
         if key not in entry:
             continue
         value = entry[key]
@@ -131,7 +153,13 @@ def _price(path: Path | Traversable, label: str, entry: Any) -> Price:
     for key in ("input", "output"):
         if key not in values:
             raise _error(path, f"{label} has no {key} price")
-    return Price(values["input"], values["output"], values.get("cached_input"))
+    tiers = {}
+    for tier in ("batch", "flex"):
+        pair = (values.get(f"{tier}_input"), values.get(f"{tier}_output"))
+        if (pair[0] is None) != (pair[1] is None):
+            raise _error(path, f"{label} has {tier}_input or {tier}_output but not both")
+        tiers[tier] = pair if pair[0] is not None else None
+    return Price(values["input"], values["output"], values.get("cached_input"), **tiers)
 
 
 def _error(path: Path | Traversable, problem: str) -> ConfigError:

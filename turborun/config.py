@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from turborun.exceptions import ConfigError
+from turborun.keys import display_url
 
 DEFAULT_WORKERS = 120  # requests in flight at the start of a run (auto sizing grows it)
 DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
@@ -119,6 +121,8 @@ FLAG_NAMES = {
     "checkpoint_dir": "checkpoint_dir",
 }
 _LIMIT_KEYS = ("rpm", "tpm")
+# A word of 20+ key characters holding letters and digits: what a pasted API key looks like.
+_WORD = re.compile(r"[A-Za-z0-9_-]{20,}")
 
 _Parser = Callable[[str, Any, str], Any]
 
@@ -185,7 +189,7 @@ def _path(label: str, raw: Any, where: str = "") -> Path:
 def _base_url(label: str, raw: Any, where: str = "") -> str:
     value = str(raw).strip()
     if not value.startswith(("http://", "https://")):
-        raise _fail(label, raw, "is not an http:// or https:// URL", where)
+        raise _url_fail(label, raw, "is not an http:// or https:// URL", where)
     return value
 
 
@@ -194,10 +198,29 @@ def _base_urls(label: str, raw: Any, where: str = "") -> tuple[str, ...]:
     parts = raw if isinstance(raw, list) else str(raw).split(",")
     urls = tuple(_base_url(label, part, where) for part in parts if str(part).strip())
     if not urls:
-        raise _fail(label, raw, "holds no URL", where)
+        raise _url_fail(label, raw, "holds no URL", where)
     if len(set(urls)) != len(urls):
-        raise _fail(label, raw, "names the same URL twice", where)
+        raise _url_fail(label, raw, "names the same URL twice", where)
     return urls
+
+
+def _url_fail(label: str, raw: Any, what: str, where: str) -> ConfigError:
+    shown = _shown_url(raw)
+    if shown is not None:
+        return _fail(label, shown, what, where)
+    suffix = f" (in {where})" if where else ""
+    return ConfigError(label, None, f"{label} {what} (value not shown: it may hold a key){suffix}")
+
+
+def _shown_url(raw: Any) -> str | None:
+    """Base URLs as a message may show them: without credentials (keys.display_url);
+    None when a key-like word remains (a key pasted into the URL variable)."""
+    parts = raw if isinstance(raw, list) else str(raw).split(",")
+    shown = ",".join(display_url(str(part).strip()) for part in parts)
+    for word in _WORD.findall(shown):
+        if any(c.isdigit() for c in word) and any(c.isalpha() for c in word):
+            return None
+    return shown
 
 
 # name -> (environment variable, parser); configs' [defaults] table takes the same names.
@@ -422,7 +445,7 @@ def _merge_endpoints(merged: _TomlConfig, table: Any, where: str) -> None:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: endpoints", str(table), f"{where}: endpoints is not a table")
     for url, settings in table.items():
-        label = f'endpoints."{url}"'
+        label = f'endpoints."{_shown_url(url) or "(a URL holding a key)"}"'
         _base_url(label, url, where)
         if not isinstance(settings, dict) or set(settings) - {"max_in_flight"}:
             raise ConfigError(

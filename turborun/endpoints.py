@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from turborun.adaptive import AdaptiveLimit
+from turborun.keys import display_url
 from turborun.records import CONNECTION, SERVER_ERROR, TIMEOUT, Outcome
 
 REST_AFTER = 3
@@ -99,7 +100,7 @@ class Endpoints:
                 maximum=cap or 100_000,
                 clock=self._clock,
             )
-            label = url or self._default_label(provider)
+            label = display_url(url or self._default_label(provider))  # no key in a URL
             endpoint = Endpoint(provider, url, cap, limiter, label)
             self._by_url[(provider, url)] = endpoint
         return endpoint

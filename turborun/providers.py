@@ -14,6 +14,7 @@ and called with the decoded dependency results.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from turborun.keys import Scrubber, url_secrets
 from turborun.records import (
     AUTH,
     CLIENT_ERROR,
@@ -67,7 +69,9 @@ class Providers:
         self._clients: dict[tuple[str, str | None], list[_Client]] = {}
         self._functions: dict[str, Callable[[Any], Any]] = {}
         self._ssl: dict[str, Any] = {}  # per provider
-        self._secrets = [key for key in api_keys.values() if key]
+        self._scrubber = Scrubber(key for key in api_keys.values() if key)
+        for url in base_urls.values():
+            self._add_url_secrets(url)
         self._runner: asyncio.Runner | None = None
 
     def call(self, call: Call) -> Outcome:
@@ -75,7 +79,7 @@ class Providers:
         step runs here; an HTTP call runs on this object's own event loop (for scripts
         and tests: a worker process sends HTTP calls through ``acall`` on its loop)."""
         if call.provider == FN_PROVIDER:
-            return self._call_fn(call)
+            return self._scrub_outcome(self._call_fn(call))
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(self.acall(call))
@@ -91,8 +95,10 @@ class Providers:
             message = f"no complete answer within {call.timeout_s:g} s"
             return _failure(call, None, TIMEOUT, message, time.perf_counter() - start)
         except Exception as error:  # every SDK/transport error becomes an Outcome here
-            return self._outcome_from_error(call, error, time.perf_counter() - start)
-        return _outcome_from_response(call, response, time.perf_counter() - start)
+            outcome = self._outcome_from_error(call, error, time.perf_counter() - start)
+        else:
+            outcome = _outcome_from_response(call, response, time.perf_counter() - start)
+        return self._scrub_outcome(outcome)
 
     async def warm_up(self) -> None:
         """Build a client for every provider with a key now, at process start, so the
@@ -132,6 +138,8 @@ class Providers:
         clients = self._clients.setdefault((provider, base_url), [])
         best = min(clients, key=lambda c: c.active, default=None)
         if best is None or best.active >= REQUESTS_PER_CLIENT:
+            if base_url is not None and not clients:
+                self._add_url_secrets(base_url)
             best = _Client(self._build_client(provider, base_url))
             clients.append(best)
         return best
@@ -179,16 +187,48 @@ class Providers:
         response = getattr(error, "response", None)
         status = getattr(error, "status_code", None)
         if isinstance(status, int) and response is not None:
-            return _outcome_from_status_error(call, status, response, latency_s, self._scrub)
+            return _outcome_from_status_error(call, status, response, latency_s)
         name = type(error).__name__
-        message = self._scrub(f"{name}: {_error_text(error)}")
+        message = f"{name}: {_error_text(error)}"
         return _failure(call, None, _error_kind(error), message, latency_s)
 
-    def _scrub(self, text: str) -> str:
-        """Never let an API key reach a message (it would end up in results and logs)."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+    def _add_url_secrets(self, url: str) -> None:
+        for secret in url_secrets(url):
+            self._scrubber.add(secret)
+
+    def _scrub_outcome(self, outcome: Outcome) -> Outcome:
+        """The outcome without the run's keys (keys.py): everything in it may reach the
+        journal, the results file, messages and logs. A success's body and headers are
+        searched for whole keys (cheap); a failure's, and every message, for partial
+        forms too ("sk-abc***wxyz"), which is how providers echo a refused key."""
+        scrubber = self._scrubber
+        if not scrubber:
+            return outcome
+        partial = not outcome.ok
+        changes: dict[str, Any] = {}
+        if outcome.body is not None:
+            body = scrubber.bytes(outcome.body, partial=partial)
+            if body is not outcome.body:
+                changes["body"] = body
+        if outcome.error_message:
+            message = scrubber.text(outcome.error_message)
+            if message is not outcome.error_message:
+                changes["error_message"] = message
+        if outcome.request_id:
+            request_id = _scrub_text(scrubber, outcome.request_id, partial)
+            if request_id is not outcome.request_id:
+                changes["request_id"] = request_id
+        headers = {
+            name: _scrub_text(scrubber, value, partial)
+            for name, value in outcome.rate_headers.items()
+        }
+        if any(headers[name] is not value for name, value in outcome.rate_headers.items()):
+            changes["rate_headers"] = headers
+        if outcome.text is not None:
+            text = _scrub_text(scrubber, outcome.text, partial)
+            if text is not outcome.text:
+                changes["text"] = text
+        return dataclasses.replace(outcome, **changes) if changes else outcome
 
     def _call_fn(self, call: Call) -> Outcome:
         start = time.perf_counter()
@@ -196,7 +236,7 @@ class Providers:
             function = self._function(call.fn or "")
             value = function(orjson.loads(call.body))
         except Exception as error:
-            message = self._scrub(f"{type(error).__name__}: {error}")
+            message = f"{type(error).__name__}: {error}"
             return _failure(call, None, FN_ERROR, message, time.perf_counter() - start)
         try:
             body = orjson.dumps(value)
@@ -284,9 +324,7 @@ def _outcome_from_response(call: Call, response: Any, latency_s: float) -> Outco
     )
 
 
-def _outcome_from_status_error(
-    call: Call, status: int, response: Any, latency_s: float, scrub: Callable[[str], str]
-) -> Outcome:
+def _outcome_from_status_error(call: Call, status: int, response: Any, latency_s: float) -> Outcome:
     if status == 429:
         kind = RATE_LIMITED
     elif status in (401, 403):
@@ -296,7 +334,7 @@ def _outcome_from_status_error(
     else:
         kind = CLIENT_ERROR
     body = _read_body(response)
-    message = scrub(_provider_message(body) or f"HTTP {status}")
+    message = _provider_message(body) or f"HTTP {status}"
     return _failure(call, status, kind, message, latency_s, response.headers, body)
 
 
@@ -329,6 +367,14 @@ def _failure(
         latency_s=latency_s,
         pid=os.getpid(),
     )
+
+
+def _scrub_text(scrubber: Scrubber, text: str, partial: bool) -> str:
+    if partial:
+        return scrubber.text(text)
+    data = text.encode("utf-8", "surrogatepass")
+    scrubbed = scrubber.bytes(data, partial=False)
+    return text if scrubbed is data else scrubbed.decode("utf-8", "surrogatepass")
 
 
 def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -72,8 +72,16 @@ peak concurrency is ``max(e["in_service"] for e in sim.requests())``, or the las
 Command line (``python -m turborun.simulator`` or ``turborun simulate``): ``--latency``,
 ``--latency-per-token``, ``--latency-jitter``, ``--limit MODEL=RPM:TPM``,
 ``--daily MODEL=REQUESTS``, ``--no-rate-headers``, ``--error-rate``, ``--hang-rate``,
-``--drop-rate``, ``--capacity K``, ``--queue-limit Q``, ``--overflow 503|drop``, ``--seed``,
-``--log PATH``, ``--host``, ``--port``.
+``--drop-rate``, ``--capacity K``, ``--queue-limit Q``, ``--overflow 503|drop``,
+``--echo-auth``, ``--seed``, ``--log PATH``, ``--host``, ``--port``. Values the server could
+only misbehave with (a negative latency, a probability outside [0, 1], fault rates summing
+past 1, a limit of 0) are refused with exit code 2 and a message naming the flag.
+
+Key echo (``echo_auth=True``, ``--echo-auth``): every error body quotes the request's
+``Authorization`` header back, as careless servers do: masked in the message like OpenAI's
+401 ("Incorrect API key provided: sk-abc***wxyz."), its first 16 characters as
+``error.key_hint``, and whole under ``error.request_headers``. turborun must store none of
+it.
 """
 
 from __future__ import annotations
@@ -121,6 +129,7 @@ class Simulator:
         log_path: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        echo_auth: bool = False,
         batches: dict[str, Any] | None = None,
         flex_capacity_rate: float = 0.0,
     ) -> None:
@@ -147,6 +156,7 @@ class Simulator:
             host=host,
             port=port,
             exit_with_parent=True,
+            echo_auth=echo_auth,
             batches=dict(batches or {}),  # BatchOptions of turborun/simulator_batches.py
             flex_capacity_rate=flex_capacity_rate,
         )
@@ -299,6 +309,11 @@ def _parser() -> argparse.ArgumentParser:
         default="503",
         help="with --queue-limit: answer a refused request 503, or drop its connection",
     )
+    add(
+        "--echo-auth",
+        action="store_true",
+        help="error bodies quote the request's Authorization header (a key-leak test)",
+    )
     add("--seed", type=int, default=0)
     add("--log", default=None, help="append one JSON line per request here")
     add("--config-json", default=None, help=argparse.SUPPRESS)
@@ -325,6 +340,7 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
         log_path=args.log,
         host=args.host,
         port=args.port,
+        echo_auth=args.echo_auth,
     )
 
 

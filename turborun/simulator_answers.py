@@ -59,14 +59,30 @@ def http_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> b
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def error_body(status: int, message: str, kind: str | None = None, code: Any = None) -> bytes:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    error = {
+def error_body(
+    status: int,
+    message: str,
+    kind: str | None = None,
+    code: Any = None,
+    authorization: str | None = None,
+) -> bytes:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}. With
+    ``authorization`` (the request's header, ``echo_auth``), the body quotes the key back
+    the ways servers do: masked in the message as OpenAI's 401 does ("sk-abc***wxyz"),
+    its first 16 characters as a hint, and the whole header under ``request_headers``
+    (a 400 that echoes the request)."""
+    error: dict[str, Any] = {
         "message": message,
         "type": kind or _ERROR_TYPES.get(status, "server_error"),
         "param": None,
         "code": code,
     }
+    if authorization is not None:
+        key = authorization.partition(" ")[2] or authorization
+        masked = key[:6] + "*" * max(len(key) - 10, 3) + key[-4:]
+        error["message"] = f"{message} Incorrect API key provided: {masked}."
+        error["key_hint"] = key[:16] + "..."
+        error["request_headers"] = {"authorization": authorization}
     return orjson.dumps({"error": error})
 
 

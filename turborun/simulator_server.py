@@ -73,19 +73,42 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     exit_with_parent: bool = False
+    echo_auth: bool = False  # error bodies quote the request's Authorization header
     # Files and Batches APIs (turborun/simulator_batches.py): BatchOptions as a dict
     batches: dict[str, Any] = field(default_factory=dict)
     flex_capacity_rate: float = 0.0  # flex requests answered with a capacity error
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.latency_jitter < 1.0:
-            raise ValueError(f"latency_jitter must be in [0, 1), got {self.latency_jitter}")
+        """Refuse what the server could only misbehave with: a negative or infinite
+        latency, a probability outside [0, 1], a limit of 0 requests per minute."""
+        for name in ("latency_s", "latency_per_token_s"):
+            _check(name, getattr(self, name), _finite(getattr(self, name)) >= 0, "at least 0")
+        if not 0.0 <= _finite(self.latency_jitter) < 1.0:
+            raise _invalid("latency_jitter", self.latency_jitter, "in [0, 1)")
+        for name in ("error_rate", "hang_rate", "drop_rate"):
+            value = getattr(self, name)
+            _check(name, value, 0.0 <= _finite(value) <= 1.0, "a probability in [0, 1]")
+        if self.error_rate + self.hang_rate + self.drop_rate > 1.0:
+            raise ValueError(
+                "error_rate + hang_rate + drop_rate (--error-rate, --hang-rate, --drop-rate) "
+                f"must be at most 1, got {self.error_rate + self.hang_rate + self.drop_rate:g}"
+            )
+        for model, (rpm, tpm) in self.limits.items():
+            for what, value in (("RPM", rpm), ("TPM", tpm)):
+                if value is not None and not _finite(value) > 0:
+                    message = f"--limit {model}: {what} must be a positive number, got {value}"
+                    raise ValueError(message)
+        for model, count in self.daily_requests.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                message = f"--daily {model}: the quota must be an integer >= 0, got {count!r}"
+                raise ValueError(message)
         if self.capacity is not None and self.capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+            raise _invalid("capacity", self.capacity, "at least 1")
         if self.queue_limit is not None and (self.capacity is None or self.queue_limit < 0):
-            raise ValueError("queue_limit needs a capacity and must be at least 0")
+            raise ValueError("queue_limit (--queue-limit) needs a capacity and must be at least 0")
         if self.overflow not in OVERFLOWS:
-            raise ValueError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+            raise _invalid("overflow", self.overflow, f"one of {', '.join(OVERFLOWS)}")
+        _check("port", self.port, 0 <= self.port <= 65535, "in 0..65535 (0: a free port)")
 
     def to_json(self) -> str:
         return orjson.dumps(_fields(self)).decode()
@@ -95,6 +118,34 @@ class SimConfig:
         data = orjson.loads(text)
         data["limits"] = {m: (v[0], v[1]) for m, v in data.get("limits", {}).items()}
         return cls(**data)
+
+
+# SimConfig fields as the simulator's command line spells them, for error messages.
+_FLAGS = {
+    "latency_s": "--latency",
+    "latency_per_token_s": "--latency-per-token",
+    "latency_jitter": "--latency-jitter",
+    "error_rate": "--error-rate",
+    "hang_rate": "--hang-rate",
+    "drop_rate": "--drop-rate",
+    "capacity": "--capacity",
+    "overflow": "--overflow",
+    "port": "--port",
+}
+
+
+def _finite(value: float) -> float:
+    """``value``, or NaN for inf/NaN (which then fails every comparison)."""
+    return value if math.isfinite(value) else math.nan
+
+
+def _invalid(name: str, value: Any, what: str) -> ValueError:
+    return ValueError(f"{name} ({_FLAGS[name]}) must be {what}, got {value!r}")
+
+
+def _check(name: str, value: Any, ok: bool, what: str) -> None:
+    if not ok:
+        raise _invalid(name, value, what)
 
 
 def _fields(config: SimConfig) -> dict[str, Any]:
@@ -107,6 +158,7 @@ class _Request:
     path: str
     body: bytes
     close: bool
+    authorization: str | None = None
 
 
 class _Answer:
@@ -150,6 +202,7 @@ class SimServer:
         self.capacity = (
             Capacity(config.capacity, config.queue_limit) if config.capacity is not None else None
         )
+        self._authorization: str | None = None  # of the request being decided (echo_auth)
         self.batches = SimBatches(
             BatchOptions.from_dict(config.batches), self.count_tokens, config.seed, clock
         )
@@ -159,6 +212,7 @@ class SimServer:
         entry: dict[str, Any] = {"t": time.time(), "path": request.path, "model": None,
                                  "status": None, "body": None, "max_tokens": None,
                                  "prompt_tokens": None}  # fmt: skip
+        self._authorization = request.authorization if self.config.echo_auth else None
         answer = self._decide(request, entry)
         if answer.fault is not None:
             entry["fault"] = answer.fault
@@ -255,7 +309,8 @@ class SimServer:
         code = "rate_limit_exceeded" if status == 429 else None
         entry["status"] = status
         return _Answer(
-            http_response(status, error_body(status, message, kind, code), headers), latency
+            http_response(status, self._error_body(status, message, kind, code), headers),
+            latency,
         )
 
     def _random_fault(self, entry: dict[str, Any], latency: float) -> _Answer | None:
@@ -263,7 +318,7 @@ class SimServer:
         config = self.config
         if draw < config.error_rate:
             entry["status"] = 500
-            body = error_body(500, "The server had an error while processing your request.")
+            body = self._error_body(500, "The server had an error while processing your request.")
             return _Answer(http_response(500, body, [self._request_id()]), latency)
         if draw < config.error_rate + config.hang_rate:
             return _Answer(fault="hang")
@@ -285,7 +340,7 @@ class SimServer:
                 headers.append(("retry-after", str(math.ceil(wait_ms / 1000))))
                 headers.append(("retry-after-ms", str(wait_ms)))
                 message = rejection_message(rejection, model or "", groq)
-                error = error_body(429, message, rejection.kind, "rate_limit_exceeded")
+                error = self._error_body(429, message, rejection.kind, "rate_limit_exceeded")
                 entry["status"] = 429
                 return _Answer(http_response(429, error, headers))
         output = min(usage.output_tokens, DEFAULT_OUTPUT_TOKENS)
@@ -310,14 +365,21 @@ class SimServer:
             entry["status"] = None
             return _Answer(fault="drop")
         entry["status"] = 503
-        body = error_body(503, OVERLOADED_MESSAGE)
+        body = self._error_body(503, OVERLOADED_MESSAGE)
         return _Answer(http_response(503, body, [self._request_id()]))
 
     def _error(self, entry: dict[str, Any], status: int, message: str, code: Any = None) -> _Answer:
         entry["status"] = status
         return _Answer(
-            http_response(status, error_body(status, message, code=code), [self._request_id()])
+            http_response(
+                status, self._error_body(status, message, code=code), [self._request_id()]
+            )
         )
+
+    def _error_body(
+        self, status: int, message: str, kind: str | None = None, code: Any = None
+    ) -> bytes:
+        return error_body(status, message, kind, code, self._authorization)
 
     def _request_id(self) -> tuple[str, str]:
         return ("x-request-id", f"req_{self.ids.getrandbits(96):024x}")
@@ -390,6 +452,7 @@ class _Connection(asyncio.Protocol):
             self._reject(400, "Malformed request line.")
             return None
         length, close = 0, parts[2] == "HTTP/1.0"
+        authorization = None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
@@ -397,6 +460,8 @@ class _Connection(asyncio.Protocol):
                 length = int(value.strip() or 0)
             elif name == "connection":
                 close = value.strip().lower() == "close"
+            elif name == "authorization":
+                authorization = value.strip()
             elif name == "transfer-encoding":
                 self._reject(411, "Chunked bodies are not supported; send Content-Length.")
                 return None
@@ -405,7 +470,7 @@ class _Connection(asyncio.Protocol):
             return None
         body = bytes(buffer[end + 4 : total])
         del buffer[:total]
-        return _Request(parts[0], parts[1], body, close)
+        return _Request(parts[0], parts[1], body, close, authorization)
 
     def _reject(self, status: int, message: str) -> None:
         if self.transport is not None:

@@ -24,6 +24,7 @@ from turborun.session import RunSession
 from turborun.supervisor import Supervisor
 from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts
 from turborun.templates import template_refs
+from turborun.timeline import Timeline
 from turborun.tokens import TokenEstimator
 
 log = logging.getLogger("turborun")
@@ -113,6 +114,7 @@ class BatchResult:
     journal_error: str | None = None
     # The results file could not be written at the end (the journal holds everything).
     results_error: str | None = None
+    report_path: Path | None = None  # report.html in the checkpoint folder (None: not made)
 
     @property
     def success_rate(self) -> float:
@@ -228,12 +230,16 @@ def _run(
             raise CheckpointError(
                 f"cannot write {checkpoint.folder / 'run.json'}: {exc.strerror or exc}"
             ) from None
+        timeline = _start_timeline(checkpoint.folder, supervisor, fresh=not opening.resume)
         restore = _install_signals(supervisor, session, handle_signals)
         metrics: Metrics | None = None
         try:
             metrics = supervisor.run()
+            ended = "stopped" if journal.write_error is not None else None
+            timeline.end(state=ended or _state(metrics), pending=metrics.pending)
         finally:
             restore()
+            timeline.close()
             if metrics is None:  # the loop raised: run.json must not say "running"
                 _try_write_meta(checkpoint, _meta(taskset, session, "crashed"))
         ids = [t.custom_id for t in taskset.tasks]
@@ -254,6 +260,7 @@ def _run(
         )
         _try_write_meta(checkpoint, meta)
         folder = checkpoint.folder
+        report_path = _write_report(folder, journal, taskset)
     keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
     return BatchResult(
         results=_JournalResults(folder, ids, supervisor.resumed, keep),
@@ -264,7 +271,42 @@ def _run(
         interrupted=metrics.interrupted,
         journal_error=journal_error,
         results_error=results_error,
+        report_path=report_path,
     )
+
+
+def _state(metrics: Metrics) -> str:
+    return "interrupted" if metrics.interrupted else "finished"
+
+
+def _start_timeline(folder: Path, supervisor: Supervisor, *, fresh: bool) -> Timeline:
+    """The run's samples over time for its report (turborun/timeline.py); a run that
+    does not resume starts the file again."""
+    timeline = Timeline(folder, fresh=fresh)
+    m = supervisor.metrics
+    timeline.start(
+        total=m.total, resumed=m.resumed, changed=m.changed, rerun_descendants=m.rerun_descendants
+    )
+    supervisor.timeline = timeline
+    return timeline
+
+
+def _write_report(folder: Path, journal: Journal, taskset: TaskSet) -> Path | None:
+    """report.html and report.json in the checkpoint folder (turborun/report/); a report
+    that cannot be made is logged and never fails the run."""
+    from turborun.report import write_report
+
+    tasks = [
+        (t.custom_id, tuple(t.depends_on), f"{t.provider}/{t.model or t.fn or ''}")
+        for t in taskset.tasks
+    ]
+    try:
+        files = write_report(folder, journal=journal, tasks=tasks)
+    except Exception:
+        log.exception("could not write the run's report")
+        return None
+    log.info("report: %s", files.html)
+    return files.html
 
 
 def _write_results_file(

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true", help="no progress display")
     status = sub.add_parser("status", help="show a run's state from its checkpoint")
     status.add_argument("run_name", nargs="?", help="run name (default: list runs)")
+    report = sub.add_parser("report", help="write report.html + report.json in a run's checkpoint")
+    report.add_argument("run_name", nargs="?", help="run name (default: the latest run)")
     sim = sub.add_parser(
         "simulate", help="serve the local OpenAI-compatible simulator", add_help=False
     )
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "batch":
             return _batch(args, argv)
+        if args.command == "report":
+            return _report(args)
         return _status(args)
     except InputError as exc:
         for problem in exc.problems:
@@ -143,6 +147,8 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     print(summary_table(result.metrics))
     if result.results_path is not None:
         print(f"results: {result.results_path}")
+    if result.report_path is not None:
+        print(f"report: {result.report_path}")
     pending = result.metrics.pending
     if result.journal_error is not None:
         print(
@@ -232,4 +238,34 @@ def _status(args: argparse.Namespace) -> int:
         f"journaled {done} of {total}: "
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("succeeded", "failed", "skipped"))
     )
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    """report.html and report.json of a run, from its checkpoint alone; no lock is taken,
+    so this works while the run goes on."""
+    from turborun.checkpoint import list_runs, open_journal_readonly
+    from turborun.report import write_report
+    from turborun.report.charts import available
+
+    config = load_config({})
+    runs = list_runs(config.checkpoint_dir)
+    name = args.run_name
+    if not name and runs:  # the run whose journal changed last
+        name = max(runs, key=lambda r: (config.checkpoint_dir / r / "journal").stat().st_mtime)
+    opened = open_journal_readonly(config.checkpoint_dir, name) if name else None
+    if opened is None:
+        there = f"runs there: {', '.join(runs)}" if runs else "no runs there"
+        print(f"turborun: no run {name or ''!r} in {config.checkpoint_dir} ({there})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
+    _, journal = opened
+    try:
+        files = write_report(config.checkpoint_dir / name, journal=journal)
+    finally:
+        journal.close()
+    print(f"report: {files.html}")
+    print(f"json: {files.json}")
+    if not available():
+        print("no charts: pip install 'turborun[report]' for them", file=sys.stderr)
     return EXIT_OK

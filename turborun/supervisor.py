@@ -64,6 +64,7 @@ from turborun.records import AUTH, FN_PROVIDER, RATE_LIMITED, Call, Outcome
 from turborun.scheduler import ReadyQueue, Timers, sort_key
 from turborun.tasks import Task
 from turborun.templates import render_body
+from turborun.timeline import ModelSample, Timeline
 from turborun.tokens import UNESTIMATED, TokenEstimator
 
 log = logging.getLogger("turborun")
@@ -157,6 +158,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._next_progress = 0.0
         self._started = 0.0
+        self.timeline: Timeline | None = None  # set by the caller: samples for the report
 
     # ---- input -------------------------------------------------------------
 
@@ -280,6 +282,7 @@ class Supervisor:
                     self._push_ready(node)
                 wake_at = self._dispatch(now) if self._stop_deadline is None else None
                 self._report_progress(now)
+                self._sample_timeline()
                 events = self.pool.wait(self._timeout(now, wake_at), [self._wake_r])
                 if events.woken:
                     self._drain_wakeups()
@@ -288,6 +291,7 @@ class Supervisor:
         finally:
             self.metrics.makespan_s = self._clock() - self._started
             self._report_progress(self._clock(), force=True)
+            self._sample_timeline(force=True)
             self._close_metrics()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -480,6 +484,8 @@ class Supervisor:
         if bucket is not None:
             bucket.spend(cost)
             self._load(bucket_key).sent(now, cost)
+            if self.timeline is not None:
+                self.timeline.sent(bucket_key, cost)
         if endpoint is not None:
             self.endpoints.sent(endpoint, now)
         self._endpoint[node] = endpoint
@@ -769,6 +775,39 @@ class Supervisor:
                 # a short hold after a 429 is ordinary: the run log only
                 log.log(logging.INFO if kind.startswith("held") else logging.WARNING, "%s", text)
         return tuple(paused)
+
+    def _sample_timeline(self, force: bool = False) -> None:
+        """About once a second (the loop wakes at least that often): what the report plots
+        over time (turborun/timeline.py)."""
+        timeline = self.timeline
+        if timeline is None or not (force or timeline.due()):
+            return
+        limits = {(b.provider, b.model): b for b in self.budget.buckets()}
+        models = []
+        for key in sorted(self._stats.keys() | limits.keys()):
+            stats = self._stats.get(key) or ModelStats(*key)
+            bucket = limits.get(key)
+            models.append(
+                ModelSample(
+                    stats.provider,
+                    stats.model,
+                    answered=stats.requests,
+                    tokens=stats.input_tokens + stats.output_tokens,
+                    rate_limited=stats.rate_limited,
+                    retries=stats.retries,
+                    rpm=None if bucket is None else bucket.rpm,
+                    tpm=None if bucket is None else bucket.tpm,
+                    in_flight=0 if bucket is None else bucket.in_flight,
+                )
+            )
+        timeline.sample(
+            in_flight=self.pool.in_flight(),
+            target=self.target.value,
+            ready=len(self.ready),
+            retrying=len(self.timers),
+            done=self._done,
+            models=models,
+        )
 
     def _close_metrics(self) -> None:
         m = self.metrics

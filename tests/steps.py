@@ -65,3 +65,17 @@ def always_die(deps: dict[str, Any]) -> str:
 
 def noop(deps: dict[str, Any]) -> None:
     return None
+
+
+def exits(deps: dict[str, Any]) -> str:
+    raise SystemExit(3)
+
+
+def interrupts(deps: dict[str, Any]) -> str:
+    raise KeyboardInterrupt
+
+
+def sleeps_a_minute(deps: dict[str, Any]) -> str:
+    """Runs far past any test's --timeout; threads cannot be stopped."""
+    time.sleep(60)
+    return "too late"

@@ -175,6 +175,9 @@ def test_a_resume_counts_the_prompt_tokens_of_the_tasks_it_runs(simulator, tmp_p
     tasks = [_task(cid, f"{marker} " + "word " * n) for cid, n in words.items()]
     path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     config = _config(simulator, tmp_path, workers=1, strategy="tokens")
+    first = tmp_path / "first.jsonl"  # a checkpoint to resume (--resume needs one)
+    first.write_text(json.dumps(_task("z", "an earlier run")) + "\n")
+    assert execute_batch(first, config=config, checkpoint="sized").success_rate == 1.0
     result = execute_batch(path, config=config, checkpoint="sized", resume=True)
     assert result.success_rate == 1.0
     sent = [r["body"]["messages"][0]["content"].count("word") for r in _receipts(simulator, marker)]

@@ -38,6 +38,14 @@ Constants:
   not a failure closes the breaker; a failure doubles the cool-down, up to
   MAX_COOLDOWN_S (60 s), so a server that comes back is noticed within a minute.
   Outcomes of requests sent before the breaker opened are ignored: they were judged.
+* A bucket that has never had an answer (``unreached``: every attempt refused, reset or
+  timed out) cools down a third as long (10 s by default) and does not double: probing a
+  closed port costs nothing, and its bucket gives up after a bounded time (budget.py,
+  ``Bucket.unreachable``), which short cool-downs keep close to its nominal value.
+
+``healthy()`` tells the retry delay whether to escalate (backoff.py): the failures among
+the requests judged at the last failure are under HEALTHY_SHARE of them (never fewer than
+WINDOW requests counted, so the first failures of a run do not look like an outage).
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ MIN_SPAN_S = 1.0  # ... or those of this long, whichever reaches further back
 MIN_FAILURES = 20  # failures among them before it may open (Budget's breaker_failures)
 FAILURE_FRACTION = 0.8
 MAX_COOLDOWN_S = 60.0
+UNREACHED_COOLDOWN_SHARE = 1 / 3  # of the first cool-down, for a bucket never answered
+HEALTHY_SHARE = 0.5
 MAX_LOG = 20_000  # send times kept per bucket; the older half is dropped beyond it
 _INF = math.inf
 
@@ -79,6 +89,13 @@ class Breaker:
         self._failed_kind: list[str] = []  # ... and their kinds
         self._opened_at = _INF  # requests sent earlier were judged when it opened
         self._since = -_INF  # when it last closed: the stretch judged starts no earlier
+        self.unreached = False  # no answer yet at all: short cool-downs, no doubling
+        self._share = 0.0  # failures / requests judged at the last failure
+
+    def healthy(self) -> bool:
+        """Closed, and the last failure judged fewer than HEALTHY_SHARE of its stretch
+        failed."""
+        return not self.open and self._share < HEALTHY_SHARE
 
     def cooling(self, now: float) -> bool:
         return self.open and now < self.open_until
@@ -124,6 +141,7 @@ class Breaker:
         low = bisect.bisect_left(self._failed_at, start_s)
         high = bisect.bisect_right(self._failed_at, end_s)
         failures = high - low
+        self._share = failures / max(sent, WINDOW)
         if sent > 0 and failures >= self.min_failures and failures >= FAILURE_FRACTION * sent:
             kinds = Counter(self._failed_kind[low:high])
             detail = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())
@@ -143,17 +161,22 @@ class Breaker:
     def _probe_answered(self, error_kind: str | None, now: float) -> None:
         self.probe_in_flight = False
         if error_kind in BREAKER_KINDS:
-            self.cooldown_s = min(self.cooldown_s * 2, self.max_cooldown_s)
+            if not self.unreached:
+                self.cooldown_s = min(self.cooldown_s * 2, self.max_cooldown_s)
             self._pause(now, f"{self.evidence}; the probe request failed too ({error_kind})")
             return
         # The server answered: closed, judged afresh from now on.
         self.open, self.reason, self.cooldown_s = False, None, self.base_cooldown_s
         self._since = now
+        self._share = 0.0
         self._forget(now)
 
     def _pause(self, now: float, why: str) -> None:
-        self.open_until = now + self.cooldown_s
-        self.reason = f"{why}; pausing {seconds(self.cooldown_s)}"
+        cooldown_s = self.cooldown_s
+        if self.unreached:
+            cooldown_s = min(cooldown_s, self.base_cooldown_s * UNREACHED_COOLDOWN_SHARE)
+        self.open_until = now + cooldown_s
+        self.reason = f"{why}; pausing {seconds(cooldown_s)}"
 
     def _forget(self, before: float) -> None:
         """Drop the sends and failures dated before ``before``."""

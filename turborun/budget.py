@@ -32,9 +32,14 @@ Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus 
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
 
 Health: the circuit breaker (turborun/breaker.py) pauses a bucket whose recent outcomes are
-mostly failures. A request lost with a dead worker process is ``release``d instead of
-settled: it frees its slot without counting as a failure. ``pause_reason`` says why a
-bucket is not sending, when the reason is not ordinary pacing.
+mostly failures. A bucket that has never had an answer at all (every attempt refused, reset
+or timed out: a closed port, no network, a wrong host) gives up after ``give_up_s`` (two
+first cool-downs, 60 s by default) counted from its first request: ``unreachable`` then
+says why, and the supervisor fails its tasks instead of probing forever. A request whose
+cost exceeds the bucket's tokens-per-minute limit can never be sent: ``too_large`` says
+so, and the supervisor fails it at once. A request lost with a dead worker process is
+``release``d instead of settled: it frees its slot without counting as a failure.
+``pause_reason`` says why a bucket is not sending, when the reason is not ordinary pacing.
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from turborun.breaker import MIN_FAILURES, Breaker, seconds
 from turborun.config import Limit
 from turborun.limit_signals import LimitMessage, number, reset_s
 from turborun.pacing import Pace, Window
-from turborun.records import RATE_LIMITED, Outcome
+from turborun.records import CONNECTION, RATE_LIMITED, TIMEOUT, Outcome
 
 MARGIN = 0.02  # pace at 98 % of a limit; windows are 2 % longer than the provider's
 # GCRA tolerance: a late wake-up (or a wait the windows imposed) of up to this much is
@@ -170,6 +176,12 @@ class Bucket:
         self._actual_sum = 0.0
         self._produces_output: bool | None = False if "embed" in model.lower() else None
         self._breaker = Breaker(breaker_failures, breaker_cooldown_s)
+        self._breaker.unreached = True  # until the first answer of any kind
+        self.answered = False
+        self._give_up_s = 2.0 * breaker_cooldown_s
+        self._first_sent: float | None = None
+        self._unanswered: Counter[str] = Counter()  # attempts with no answer, by kind
+        self.unreachable: str | None = None  # why the bucket gave up; None: it has not
 
     # ---- limits in force ------------------------------------------------------------
 
@@ -198,6 +210,24 @@ class Bucket:
         if output <= 0:
             output = 0 if self._produces_output is False else DEFAULT_OUTPUT_RESERVATION
         return math.ceil(max(prompt_tokens, 0) * self.prompt_ratio()) + output
+
+    def too_large(self, tokens: int) -> str | None:
+        """Why a request costing ``tokens`` can never be sent (more than the bucket's
+        tokens-per-minute limit, configured or learned), or None."""
+        limit = _lower(self.configured.tpm, self._learned_tpm)
+        if limit is None or tokens <= limit:
+            return None
+        configured = self.configured.tpm is not None and self.configured.tpm <= limit
+        source = "configured" if configured else "learned from the provider"
+        return (
+            f"the request needs {tokens:,} tokens (prompt estimate + max output tokens) but "
+            f"{self.provider}/{self.model} allows {limit:,.0f} tokens per minute ({source}): "
+            "it can never be sent; lower its max_tokens"
+        )
+
+    def healthy(self) -> bool:
+        """Most recent requests succeed: a retry need not wait longer each time."""
+        return self._breaker.healthy()
 
     # ---- pacing ---------------------------------------------------------------------
 
@@ -237,6 +267,8 @@ class Bucket:
         """A request costing ``tokens`` is sent now."""
         now = self._clock()
         self.in_flight += 1
+        if self._first_sent is None:
+            self._first_sent = now
         if self._learning:
             if not self._probes_in_flight:
                 self._probes_started_at = now
@@ -291,11 +323,18 @@ class Bucket:
         breaker = self._breaker
         if breaker.cooling(now):
             left = seconds(breaker.open_until - now)
-            return breaker.open_until, f"circuit breaker open: {breaker.reason} ({left} left)"
-        why = f"circuit breaker probing: {breaker.evidence}"
+            note = self._unreached_note(now)
+            return breaker.open_until, f"circuit breaker open: {breaker.reason} ({left} left){note}"
+        why = f"circuit breaker probing: {breaker.evidence}{self._unreached_note(now)}"
         if breaker.probe_in_flight:
             return _INF, f"{why}; waiting for the probe request's answer"
         return breaker.open_until, f"{why}; sending one probe request"
+
+    def _unreached_note(self, now: float) -> str:
+        if self.answered or self._first_sent is None:
+            return ""
+        left = seconds(max(0.0, self._first_sent + self._give_up_s - now))
+        return f"; no answer yet from the server: its tasks fail in {left} unless it answers"
 
     # ---- outcomes -------------------------------------------------------------------
 
@@ -315,6 +354,7 @@ class Bucket:
         elif outcome.ok:
             self._reconcile(outcome, prompt_tokens, now)
             self._recover(now)
+        self._note_reach(outcome, now)
         self._breaker.settle(outcome.error_kind, outcome.latency_s, now)
         if self._learning and self._probes_in_flight:
             self._probes_in_flight -= 1
@@ -322,6 +362,26 @@ class Bucket:
             # No answer at all (timeout, connection) teaches nothing: probe again.
             self._learning = outcome.status_code is None
         return quota
+
+    def _note_reach(self, outcome: Outcome, now: float) -> None:
+        """Any HTTP answer proves the server reachable; until one comes, attempts refused,
+        reset or timed out count toward giving up after ``give_up_s``."""
+        if outcome.status_code is not None:
+            self.answered = True
+            self._breaker.unreached = False
+            return
+        if self.answered or outcome.error_kind not in (CONNECTION, TIMEOUT):
+            return
+        self._unanswered[str(outcome.error_kind)] += 1
+        since = self._first_sent if self._first_sent is not None else now
+        if self.unreachable is None and now - since >= self._give_up_s:
+            attempts = sum(self._unanswered.values())
+            kinds = ", ".join(f"{k} {n}" for k, n in self._unanswered.most_common())
+            self.unreachable = (
+                f"no answer at all from the server in {seconds(now - since)} "
+                f"({attempts} attempts: {kinds}; last: {outcome.error_message or '-'}); "
+                "giving up on its tasks"
+            )
 
     def release(self, tokens: int) -> None:
         """A request this bucket paid for was lost with a dead worker process: no answer

@@ -12,11 +12,16 @@ process holding the fewest, HTTP calls and Python steps counted apart (a process
 runs ``fn_threads`` steps at once). A process starts each HTTP Call at once on its
 event loop, so nothing waits inside a worker: anything not yet handed over can
 still be reordered, delayed or cancelled.
+
+A process whose Python steps keep running past their timeout (threads cannot be
+stopped; worker.py) asks to be recycled: it gets no more Calls, a replacement starts
+at once, and it is told to stop once every Call it holds is answered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
 import threading
@@ -27,7 +32,9 @@ from multiprocessing.process import BaseProcess
 
 from turborun.exceptions import WorkerStartError
 from turborun.records import FN_PROVIDER, Call, Outcome
-from turborun.worker import WorkerSettings, worker_main
+from turborun.worker import RECYCLE_ATTEMPT, WorkerSettings, worker_main
+
+log = logging.getLogger("turborun")
 
 # anyio's asyncio backend and streams are imported by an async client's first request
 # (~25 ms): loaded here, the first requests of a run leave on time instead of in a burst.
@@ -54,6 +61,8 @@ class _Slot:
     outcomes: Connection  # worker → supervisor
     held: dict[str, Call] = field(default_factory=dict)
     steps: int = 0  # Python steps among ``held``
+    draining: bool = False  # replaced (stuck steps): no new Calls, stops once ``held`` is empty
+    stopping: bool = False  # told to stop
 
 
 @dataclass(slots=True)
@@ -194,11 +203,12 @@ class WorkerPool:
         """Hand each Call to the process holding the fewest of its kind (HTTP calls
         and Python steps are balanced apart)."""
         batches: dict[int, list[Call]] = {}
-        requests = [len(s.held) - s.steps for s in self._slots]
-        steps = [s.steps for s in self._slots]
+        active = [i for i, s in enumerate(self._slots) if not s.draining]
+        requests = {i: len(self._slots[i].held) - self._slots[i].steps for i in active}
+        steps = {i: self._slots[i].steps for i in active}
         for call in calls:
             load = steps if call.provider == FN_PROVIDER else requests
-            i = min(range(len(load)), key=load.__getitem__)
+            i = min(active, key=load.__getitem__)
             load[i] += 1
             batches.setdefault(i, []).append(call)
         for i, batch in batches.items():
@@ -219,17 +229,26 @@ class WorkerPool:
             by_handle[slot.outcomes] = ("out", i)
             by_handle[slot.process.sentinel] = ("dead", i)
         ready = wait(list(by_handle) + list(extra), timeout)
-        dead: list[int] = []
+        dead: list[_Slot] = []
+        slots = list(self._slots)
         for handle in ready:
             kind, i = by_handle.get(handle, ("extra", -1))
             if kind == "out":
-                self._receive(self._slots[i], events)
+                self._receive(slots[i], events)
             elif kind == "dead":
-                dead.append(i)
+                dead.append(slots[i])
             else:
                 events.woken.append(handle)  # type: ignore[arg-type]
-        for i in dead:
-            self._replace(i, events)
+        for slot in dead:
+            if slot.draining:
+                self._retire(slot, events)
+            else:
+                self._replace(self._slots.index(slot), events)
+        for slot in self._slots:
+            if slot.draining and not slot.held and not slot.stopping:
+                slot.stopping = True
+                with contextlib.suppress(OSError, ValueError):
+                    slot.calls.send(None)
         return events
 
     def _receive(self, slot: _Slot, events: PoolEvents) -> None:
@@ -237,6 +256,9 @@ class WorkerPool:
             while True:
                 batch = slot.outcomes.recv()
                 for outcome in batch:
+                    if not outcome.custom_id and outcome.attempt == RECYCLE_ATTEMPT:
+                        self._recycle(slot)
+                        continue
                     call = slot.held.pop(outcome.custom_id, None)
                     if call is not None:
                         slot.steps -= call.provider == FN_PROVIDER
@@ -245,6 +267,29 @@ class WorkerPool:
                     return
         except (EOFError, OSError):
             return  # the sentinel reports the death
+
+    def _recycle(self, slot: _Slot) -> None:
+        """The process has too many Python steps stuck past their timeout: start its
+        replacement now and let it finish what it holds."""
+        if slot.draining:
+            return
+        slot.draining = True
+        log.warning(
+            "a worker process has Python steps still running long past their timeout: "
+            "replacing it (it stops once its %d calls in flight are answered)",
+            len(slot.held),
+        )
+        self._slots.append(self._spawn())
+
+    def _retire(self, slot: _Slot, events: PoolEvents) -> None:
+        """A draining process has exited: nothing to replace."""
+        if slot.outcomes.poll(0):
+            self._receive(slot, events)
+        slot.process.join(timeout=1)
+        events.lost.extend(slot.held.values())  # none, unless it died holding Calls
+        for conn in (slot.calls, slot.outcomes):
+            conn.close()
+        self._slots.remove(slot)
 
     def _replace(self, i: int, events: PoolEvents) -> None:
         slot = self._slots[i]

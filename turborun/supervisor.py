@@ -70,6 +70,7 @@ from turborun.tokens import UNESTIMATED, TokenEstimator
 log = logging.getLogger("turborun")
 
 _FN_BUCKET = ("fn", "")
+REQUEST_TOO_LARGE = "request_too_large"  # error code: more tokens than a minute allows
 _MAX_DEATHS_PER_NODE = 3  # a node that took down this many workers fails instead
 _MAX_WAIT_S = 1.0  # an upper bound on one wait, never a poll interval
 _TARGET_REFRESH_S = 0.25  # how often the in-flight target is recomputed
@@ -132,7 +133,7 @@ class Supervisor:
         self.tasks: list[Task] = []
         self.index: dict[str, int] = {}
         self._deps: list[tuple[int, ...]] = []
-        self.ready = ReadyQueue()
+        self.ready = ReadyQueue(separate=(_FN_BUCKET,))
         self.timers = Timers()
         self.metrics = Metrics(workers=target.value)
         self._stats: dict[tuple[str, str], ModelStats] = {}
@@ -148,6 +149,7 @@ class Supervisor:
         self._done = 0
         self._disabled: dict[str, str] = {}  # provider → why (401/403)
         self._paused: dict[tuple[str, str], str] = {}  # bucket → kind of pause logged
+        self._given_up: dict[Hashable, tuple[str, str]] = {}  # bucket → (code, why)
         self.resumed: set[str] = set()
         self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -363,70 +365,91 @@ class Supervisor:
     def _dispatch(self, now: float) -> float | None:
         """Send as many ready nodes as the in-flight target, the endpoints and the budgets
         allow; return the earliest moment a blocked bucket may spend again (None:
-        nothing is waiting on a budget)."""
+        nothing is waiting on a budget). Python steps go first, up to the step threads
+        free (they have no budget); then the best head among the buckets that may spend,
+        each blocked bucket set aside until when it may (ReadyQueue), so a choice costs
+        O(log buckets) however many models the run has."""
         self._refresh_target(now)
         steps = self.pool.steps_in_flight()
         room = self.target.value - (self.pool.in_flight() - steps)
         step_room = self.pool.fn_slots - steps
         calls: list[Call] = []
-        wake_at: float | None = None
-        adaptive: dict[Hashable, bool] = {}
-        while (room > 0 or step_room > 0) and len(self.ready):
-            best: tuple[Any, int, Hashable, int, Endpoint | None] | None = None
-            for key, node, bucket_key in self.ready.heads():
-                if best is not None and key >= best[0]:
-                    continue
-                if (step_room if bucket_key == _FN_BUCKET else room) <= 0:
-                    continue
-                cost = self._reserve_cost(bucket_key, node)
-                at, endpoint = self._may_send(bucket_key, node, cost, now, adaptive)
-                if at > now:
-                    if at != float("inf"):
-                        wake_at = at if wake_at is None else min(wake_at, at)
-                    continue
-                best = (key, node, bucket_key, cost, endpoint)
-            if best is None:
+        while step_room > 0 and self.ready.count(_FN_BUCKET):
+            node = self.ready.pop(_FN_BUCKET)
+            if self.graph.state[node] == READY:
+                call = self._prepare(node, _FN_BUCKET, 0, now, None)
+                if call is not None:
+                    calls.append(call)
+                    step_room -= 1
+        self.ready.wake_due(now)
+        while room > 0:
+            head = self.ready.best()
+            if head is None:
                 break
-            _, node, bucket_key, cost, endpoint = best
-            self.ready.pop(bucket_key)
+            _, node, bucket_key = head
             if self.graph.state[node] != READY:
-                continue  # skipped while it waited
+                self.ready.pop(bucket_key)  # skipped while it waited
+                continue
+            cost = self._reserve_cost(bucket_key, node)
+            refusal = self._refusal(bucket_key, node, cost)
+            if refusal is not None:
+                self.ready.pop(bucket_key)
+                code, message = refusal
+                attempts = self._attempts[node]
+                self._finalize([(node, failure_entry(self.tasks[node], code, message,
+                                                     attempts=attempts))])  # fmt: skip
+                continue
+            at, endpoint, reason = self._may_send(bucket_key, node, cost, now)
+            if at > now:
+                self.ready.sleep(bucket_key, at, reason)
+                continue
+            self.ready.pop(bucket_key)
             call = self._prepare(node, bucket_key, cost, now, endpoint)
             if call is not None:
                 calls.append(call)
-                if bucket_key == _FN_BUCKET:
-                    step_room -= 1
-                else:
-                    room -= 1
+                room -= 1
         if calls:
             self.pool.send(calls)
             in_flight = self.pool.in_flight()
             self.metrics.peak_in_flight = max(self.metrics.peak_in_flight, in_flight)
-        return wake_at
+        return self.ready.next_alarm() if room > 0 else None
+
+    def _refusal(self, bucket_key: Hashable, node: int, cost: int) -> tuple[str, str] | None:
+        """(error code, message) when the node can never be sent: its provider refused
+        our key, its server never answered, or it needs more tokens than a minute allows."""
+        task = self.tasks[node]
+        if task.provider in self._disabled:
+            return AUTH, self._disabled[task.provider]
+        given_up = self._given_up.get(bucket_key)
+        if given_up is not None:
+            return given_up
+        bucket = self._bucket(bucket_key)
+        too_large = None if bucket is None else bucket.too_large(cost)
+        return None if too_large is None else (REQUEST_TOO_LARGE, too_large)
 
     def _may_send(
-        self, bucket_key: Hashable, node: int, cost: int, now: float, adaptive: dict[Hashable, bool]
-    ) -> tuple[float, Endpoint | None]:
-        """(when the node's bucket may spend ``cost``, the endpoint to send it to)."""
+        self, bucket_key: Hashable, node: int, cost: int, now: float
+    ) -> tuple[float, Endpoint | None, str]:
+        """(when the node's bucket may spend ``cost``, the endpoint to send it to, what an
+        infinite wait waits for: "outcome" of the bucket or room at an "endpoint")."""
         bucket = self._bucket(bucket_key)
         task = self.tasks[node]
-        if bucket is None or task.provider in self._disabled:
-            return now, None  # a step, or a node that fails at once in _prepare
+        if bucket is None:
+            return now, None, ""
         at = bucket.ready_at(cost)
         if at > now:
-            return at, None
-        if bucket_key not in adaptive:
-            adaptive[bucket_key] = _unlimited(bucket)
-        endpoint = self.endpoints.choose(task.provider, task.model, adaptive[bucket_key], now)
+            return at, None, "outcome"
+        endpoint = self.endpoints.choose(task.provider, task.model, _unlimited(bucket), now)
         if endpoint is None:
-            return self.endpoints.ready_at(task.provider, task.model), None
-        return now, endpoint
+            return self.endpoints.ready_at(task.provider, task.model), None, "endpoint"
+        return now, endpoint, ""
 
     def _refresh_target(self, now: float) -> None:
         """Little's law per bucket with work (concurrency.py), summed into the target."""
         if now < self._next_target:
             return
         self._next_target = now + _TARGET_REFRESH_S
+        self.ready.wake_waiting()  # a safety net: buckets waiting for an event look again
         demands = []
         for bucket in self.budget.buckets():
             key = (bucket.provider, bucket.model)
@@ -505,6 +528,7 @@ class Supervisor:
             fn=task.fn,
             timeout_s=self.config.timeout_s,
             base_url=None if endpoint is None else endpoint.url,
+            resources=task.resources,  # --backend ray places such steps
         )
 
     def _load(self, bucket_key: Hashable) -> BucketLoad:
@@ -548,15 +572,18 @@ class Supervisor:
         """Account one outcome; return the node's entry if it is finished."""
         task = self.tasks[node]
         stats = self._model_stats(task)
-        bucket = self._bucket(self._bucket_key(task))
+        bucket_key = self._bucket_key(task)
+        bucket = self._bucket(bucket_key)
         quota_parked = False
         if bucket is not None:
             quota_parked = bucket.settle(outcome, self._cost[node], task.prompt_tokens)
             if outcome.ok:
-                self._load(self._bucket_key(task)).observe(outcome.latency_s)
+                self._load(bucket_key).observe(outcome.latency_s)
+            self.ready.wake(bucket_key)  # its budget or breaker may have changed
         endpoint = self._endpoint[node]
         if endpoint is not None:
             self.endpoints.settle(endpoint, outcome, self._sent_at[node], now)
+            self.ready.wake_waiting("endpoint")
         cost = self.pricing.cost_usd(
             task.provider,
             task.model,
@@ -580,8 +607,14 @@ class Supervisor:
             self._attempts[node] -= 1  # the quota, not the request, was at fault
             self._push_ready(node)
             return None
+        elif bucket is not None and (bucket.unreachable or bucket_key in self._given_up):
+            code, message = self._give_up(bucket_key, bucket, outcome, endpoint)
+            return failure_entry(task, code, message, attempts=self._attempts[node])
         elif is_retryable(outcome) and self._attempts[node] <= self.config.max_retries:
-            delay = retry_delay_s(self._attempts[node], outcome.retry_after_s, self._rng)
+            escalate = bucket is None or not bucket.healthy()
+            delay = retry_delay_s(
+                self._attempts[node], outcome.retry_after_s, self._rng, escalate=escalate
+            )
             stats.retries += 1
             self.metrics.retries += 1
             self.graph.mark_ready(node)
@@ -624,6 +657,30 @@ class Supervisor:
             stats = self._stats[key] = ModelStats(*key)
         return stats
 
+    def _give_up(
+        self, bucket_key: Hashable, bucket: Bucket, outcome: Outcome, endpoint: Endpoint | None
+    ) -> tuple[str, str]:
+        """A bucket whose server never answered (Bucket.unreachable): its queued and
+        retrying tasks fail now, and so does each of its tasks that comes later."""
+        given_up = self._given_up.get(bucket_key)
+        if given_up is not None:
+            return given_up
+        where = "" if endpoint is None else f" ({endpoint.label})"
+        message = f"{bucket.provider}/{bucket.model}{where}: {bucket.unreachable}"
+        code = outcome.error_kind or "connection"
+        self._given_up[bucket_key] = given_up = (code, message)
+        nodes = self.ready.drain(bucket_key)
+        nodes += self.timers.remove(lambda n: self._bucket_key(self.tasks[n]) == bucket_key)
+        failed = [
+            (n, failure_entry(self.tasks[n], code, message, attempts=self._attempts[n]))
+            for n in dict.fromkeys(nodes)
+            if self.graph.state[n] == READY
+        ]
+        log.error("%s; %d more of its tasks fail with it", message, len(failed))
+        if failed:
+            self._finalize(failed)
+        return given_up
+
     def _disable(self, provider: str, outcome: Outcome) -> None:
         if provider in self._disabled:
             return
@@ -633,6 +690,7 @@ class Supervisor:
         )
         self._disabled[provider] = why
         log.error("%s", why)
+        self.ready.wake_all()  # its queued tasks fail when they come up
 
     def _requeue_lost(self, lost: list[Call]) -> None:
         """Calls held by a worker process that died go back to the ready queue."""
@@ -643,12 +701,15 @@ class Supervisor:
             node = self.index[call.custom_id]
             if self.graph.state[node] != RUNNING:
                 continue
-            bucket = self._bucket(self._bucket_key(self.tasks[node]))
+            bucket_key = self._bucket_key(self.tasks[node])
+            bucket = self._bucket(bucket_key)
             if bucket is not None:  # the pool's failure, not the provider's
                 bucket.release(self._cost[node])
+                self.ready.wake(bucket_key)
             endpoint = self._endpoint[node]
             if endpoint is not None:
                 self.endpoints.release(endpoint)
+                self.ready.wake_waiting("endpoint")
             self._attempts[node] -= 1
             self._deaths[node] = self._deaths.get(node, 0) + 1
             if self._deaths[node] >= _MAX_DEATHS_PER_NODE:

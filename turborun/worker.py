@@ -9,6 +9,14 @@ shared with the others):
                                             └─► thread pool: Python steps (fn)
     supervisor ◄─outcomes pipe── sender thread ◄─ SimpleQueue ◄─┘
 
+A Python step is the task's failure whatever it raises (SystemExit and
+KeyboardInterrupt included) and fails when it runs past its Call's timeout. A thread
+cannot be stopped, so a step past its deadline is reported failed at the deadline, its
+thread is left to finish (its late result is dropped) and the steps that come next get
+fresh threads. When MAX_STUCK_STEPS such threads are still running in one process, the
+process asks to be recycled: the pool sends it nothing more, starts a replacement, and
+stops it once the calls it holds are answered (docs/DESIGN.md, "Python steps").
+
 An HTTP call waiting for its answer costs a coroutine and a socket, not a thread,
 so one process holds thousands in flight (docs/DESIGN.md, "Requests in flight").
 The process exits on its own when the supervisor is gone: the calls pipe reads
@@ -26,17 +34,23 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from turborun.fdlimit import raise_open_file_limit
-from turborun.records import FN_PROVIDER, Call, Outcome
+from turborun.records import FN_ERROR, FN_PROVIDER, Call, Outcome
 
 _WATCHDOG_PERIOD_S = 0.5
 GC_YOUNG = 50_000
 # The first message of every process: an Outcome for no node, meaning "ready".
 _HELLO = Outcome("", 0, None, None, None, None)
+# Steps past their timeout whose threads still run, in one process, before it asks to be
+# replaced: each holds a thread (and whatever the step holds) until it returns.
+MAX_STUCK_STEPS = 16
+# An Outcome for no node asking the pool to replace this process (see MAX_STUCK_STEPS).
+RECYCLE_ATTEMPT = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +86,8 @@ def worker_main(
     loop = _start_loop()
     # before the hello: a run's clock starts with clients ready
     asyncio.run_coroutine_threadsafe(providers.warm_up(), loop).result()
-    steps = ThreadPoolExecutor(max(1, settings.fn_threads), thread_name_prefix="turborun-fn")
+    secrets = [key for key in settings.api_keys.values() if key]
+    steps = _Steps(settings.fn_threads, outbox, loop, secrets)
     threading.Thread(target=_send, args=(outbox, outcomes), daemon=True).start()
     threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
     _quiet_gc()
@@ -88,9 +103,6 @@ def worker_main(
             running.add(task)
             task.add_done_callback(running.discard)
 
-    def step(call: Call) -> None:
-        outbox.put(providers.call(call))
-
     while True:
         try:
             message = calls.recv()
@@ -98,14 +110,101 @@ def worker_main(
             os._exit(0)
         if message is None:
             os._exit(0)
-        batch = []
-        for call in message:
-            if call.provider == FN_PROVIDER:
-                steps.submit(step, call)
-            else:
-                batch.append(call)
+        batch = [call for call in message if call.provider != FN_PROVIDER]
+        if len(batch) < len(message):
+            steps.submit([c for c in message if c.provider == FN_PROVIDER], providers.call)
         if batch:
             loop.call_soon_threadsafe(start, batch)
+
+
+class _Steps:
+    """Python steps on threads, each bounded by its Call's ``timeout_s`` (see the module
+    docstring). Outcomes go to ``outbox``; deadlines are timers on the event loop."""
+
+    def __init__(
+        self,
+        threads: int,
+        outbox: queue.SimpleQueue[Outcome],
+        loop: asyncio.AbstractEventLoop,
+        secrets: list[str],
+    ) -> None:
+        self._threads = max(1, threads)
+        self._outbox = outbox
+        self._loop = loop
+        self._secrets = secrets
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, int], float] = {}  # (custom_id, attempt) → start
+        self._executor = self._new_executor()
+        self.stuck = 0  # threads still running a step that was failed at its deadline
+        self._recycle_asked = False
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self._threads, thread_name_prefix="turborun-fn")
+
+    def submit(self, calls: list[Call], run: Callable[[Call], Outcome]) -> None:
+        """Start each step on a thread; arm its deadline on the event loop (one wake-up
+        of the loop for the whole batch)."""
+        for call in calls:
+            key = (call.custom_id, call.attempt)
+            with self._lock:
+                self._running[key] = time.perf_counter()
+                executor = self._executor
+            executor.submit(self._run, call, key, run)
+        self._loop.call_soon_threadsafe(self._arm, calls)
+
+    def _arm(self, calls: list[Call]) -> None:
+        for call in calls:
+            self._loop.call_later(
+                call.timeout_s, self._expire, call, (call.custom_id, call.attempt)
+            )
+
+    def _run(self, call: Call, key: tuple[str, int], run: Callable[[Call], Outcome]) -> None:
+        start = time.perf_counter()
+        try:
+            outcome = run(call)
+        except BaseException as error:  # SystemExit, KeyboardInterrupt, ...: its failure
+            outcome = _step_failure(call, self._scrub(_describe(error)), start)
+        with self._lock:
+            current = self._running.pop(key, None) is not None
+            if not current:
+                self.stuck -= 1  # failed at its deadline already: the result is dropped
+        if current:
+            self._outbox.put(outcome)
+
+    def _expire(self, call: Call, key: tuple[str, int]) -> None:
+        """On the event loop, at the step's deadline."""
+        with self._lock:
+            start = self._running.pop(key, None)
+            if start is None:
+                return  # it finished in time
+            self.stuck += 1
+            # The stuck thread belongs to the old executor; the next steps get fresh ones.
+            old, self._executor = self._executor, self._new_executor()
+            recycle = self.stuck >= MAX_STUCK_STEPS and not self._recycle_asked
+            self._recycle_asked = self._recycle_asked or recycle
+        old.shutdown(wait=False)  # its other threads finish what they hold, then exit
+        message = (
+            f"Python step still running after the {call.timeout_s:g} s timeout (--timeout): "
+            "failed; its thread cannot be stopped and is left to finish"
+        )
+        self._outbox.put(_step_failure(call, message, start))
+        if recycle:
+            self._outbox.put(Outcome("", RECYCLE_ATTEMPT, None, None, None, None))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _step_failure(call: Call, message: str, start: float) -> Outcome:
+    return Outcome(call.custom_id, call.attempt, None, FN_ERROR, message, None,
+                   latency_s=time.perf_counter() - start, pid=os.getpid())  # fmt: skip
 
 
 def _start_loop() -> asyncio.AbstractEventLoop:

@@ -171,6 +171,12 @@ def execute_batch(
         run_name = checkpoint
     opening = _Opening(resume, fresh, accept_lost_journal)
     try:
+        if config.via == "batch":  # the providers' Batch APIs (turborun/batches/)
+            from turborun.batches import run_via_batch
+
+            return run_via_batch(taskset, run_name, config, resume=resume, fresh=fresh,
+                                 output=output, progress=display,
+                                 handle_signals=handle_signals)  # fmt: skip
         return _run(taskset, run_name, config, opening, output, display, handle_signals)
     finally:
         taskset.close()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from turborun.config import STRATEGIES, load_config
+from turborun.config import STRATEGIES, VIAS, load_config
 from turborun.exceptions import InputError, TurborunError
 from turborun.metrics import summary_table
 
@@ -68,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
         help="run against a local simulated server: no key, no cost",
     )
     batch.add_argument("--no-progress", action="store_true", help="no progress display")
+    batch.add_argument("--via", choices=VIAS, help="live requests (default) or Batch APIs")
+    batch.add_argument("--batch-max-lines", type=int, help="--via batch: lines per file")
+    batch.add_argument("--batch-max-bytes", type=int, help="--via batch: bytes per file")
+    batch.add_argument("--batch-poll", type=float, help="--via batch: first poll after S s")
+    batch.add_argument("--batch-window", help="--via batch: completion window (24h)")
+    batch.add_argument(
+        "--cancel-on-interrupt",
+        action="store_true",
+        default=None,
+        help="--via batch: Ctrl-C cancels the run's batches (default: leaves them running)",
+    )
+    batch.add_argument(
+        "--flex-fallback", type=int, help="after N flex capacity errors, use the standard tier"
+    )
     status = sub.add_parser("status", help="show a run's state from its checkpoint")
     status.add_argument("run_name", nargs="?", help="run name (default: list runs)")
     report = sub.add_parser("report", help="write report.html + report.json in a run's checkpoint")
@@ -116,6 +130,13 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "max_retries": args.max_retries,
         "timeout_s": args.timeout,
         "simulate": args.simulate,
+        "via": args.via,
+        "batch_max_lines": args.batch_max_lines,
+        "batch_max_bytes": args.batch_max_bytes,
+        "batch_poll_s": args.batch_poll,
+        "batch_window": args.batch_window,
+        "cancel_on_interrupt": args.cancel_on_interrupt,
+        "flex_fallback": args.flex_fallback,
         "progress": False if args.no_progress else None,
     }
 
@@ -238,6 +259,10 @@ def _status(args: argparse.Namespace) -> int:
         f"journaled {done} of {total}: "
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("succeeded", "failed", "skipped"))
     )
+    from turborun.batches import describe  # --via batch: each batch and its state
+
+    for line in describe(config.checkpoint_dir / args.run_name):
+        print(line)
     return EXIT_OK
 
 

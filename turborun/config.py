@@ -28,6 +28,7 @@ DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_S = 120.0
 STRATEGIES = ("critical-path", "tokens", "fifo")
+VIAS = ("live", "batch")  # how API tasks are sent (--via)
 
 
 def default_processes() -> int:
@@ -70,6 +71,14 @@ class Config:
     breaker_cooldown_s: float = 30.0
     grace_s: float = 15.0  # how long Ctrl-C lets in-flight requests finish
     simulate: bool = False
+    # --via batch (turborun/batches/, docs/BATCH.md) and the flex tier
+    via: str = "live"  # "batch": API tasks go through the providers' Batch APIs
+    batch_max_lines: int | None = None  # per input file; None: the provider's (50,000)
+    batch_max_bytes: int | None = None  # per input file; None: the provider's (200/100 MB)
+    batch_poll_s: float = 5.0  # first poll of a batch; backs off 1.5x to 60x this (10 min cap)
+    batch_window: str = "24h"  # completion_window of each batch
+    cancel_on_interrupt: bool = False  # Ctrl-C cancels the run's batches instead of leaving them
+    flex_fallback: int | None = None  # after N flex capacity errors, send at the standard tier
     progress: bool = True
 
     @property
@@ -119,6 +128,12 @@ FLAG_NAMES = {
     "max_retries": "--max-retries",
     "timeout_s": "--timeout",
     "checkpoint_dir": "checkpoint_dir",
+    "via": "--via",
+    "batch_max_lines": "--batch-max-lines",
+    "batch_max_bytes": "--batch-max-bytes",
+    "batch_poll_s": "--batch-poll",
+    "batch_window": "--batch-window",
+    "flex_fallback": "--flex-fallback",
 }
 _LIMIT_KEYS = ("rpm", "tpm")
 # A word of 20+ key characters holding letters and digits: what a pasted API key looks like.
@@ -180,6 +195,20 @@ def _strategy(label: str, raw: Any, where: str = "") -> str:
     return value
 
 
+def _via(label: str, raw: Any, where: str = "") -> str:
+    value = raw.strip().lower() if isinstance(raw, str) else None
+    if value not in VIAS:
+        raise _fail(label, raw, f"is not one of {', '.join(VIAS)}", where)
+    return value
+
+
+def _window(label: str, raw: Any, where: str = "") -> str:
+    value = raw.strip() if isinstance(raw, str) else ""
+    if not value or value[-1] not in "hd" or not value[:-1].isdigit():
+        raise _fail(label, raw, "is not a completion window like 24h or 7d", where)
+    return value
+
+
 def _path(label: str, raw: Any, where: str = "") -> Path:
     if not isinstance(raw, str | os.PathLike):
         raise _fail(label, raw, "is not a path", where)
@@ -233,6 +262,12 @@ _SETTINGS: dict[str, tuple[str, _Parser]] = {
     "max_retries": ("TURBORUN_MAX_RETRIES", _non_negative_int),
     "timeout_s": ("TURBORUN_TIMEOUT_S", _positive_number),
     "checkpoint_dir": ("TURBORUN_CHECKPOINT_DIR", _path),
+    "via": ("TURBORUN_VIA", _via),
+    "batch_max_lines": ("TURBORUN_BATCH_MAX_LINES", _positive_int),
+    "batch_max_bytes": ("TURBORUN_BATCH_MAX_BYTES", _positive_int),
+    "batch_poll_s": ("TURBORUN_BATCH_POLL_S", _positive_number),
+    "batch_window": ("TURBORUN_BATCH_WINDOW", _window),
+    "flex_fallback": ("TURBORUN_FLEX_FALLBACK", _positive_int),
 }
 
 
@@ -288,7 +323,7 @@ def load_config(
     """The run's Config. ``flags``: workers, processes, strategy, rpm, tpm, max_retries,
     timeout_s, checkpoint_dir, simulate, progress (None: not given). ``environ``:
     os.environ by default; ``cwd``: where .env and configs/ are looked for."""
-    unknown = sorted(set(flags) - set(FLAG_NAMES) - {"simulate", "progress"})
+    unknown = sorted(set(flags) - set(FLAG_NAMES) - {"simulate", "progress", "cancel_on_interrupt"})
     if unknown:
         raise ConfigError(unknown[0], None, f"unknown setting: {', '.join(unknown)}")
     cwd = Path.cwd() if cwd is None else Path(cwd)
@@ -332,6 +367,8 @@ def load_config(
     config.endpoint_caps = dict(sources.toml.endpoint_caps)
     if flags.get("simulate") is not None:
         config.simulate = bool(flags["simulate"])
+    if flags.get("cancel_on_interrupt") is not None:
+        config.cancel_on_interrupt = bool(flags["cancel_on_interrupt"])
     if flags.get("progress") is not None:
         config.progress = bool(flags["progress"])
     return config

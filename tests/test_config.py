@@ -17,6 +17,7 @@ from turborun.config import (
     Limit,
     default_processes,
     load_config,
+    max_processes,
     require_keys,
 )
 from turborun.exceptions import ConfigError
@@ -347,3 +348,82 @@ def test_bad_endpoint_settings_name_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config({}, environ=environ, cwd=write(tmp_path, toml=toml or None))
+
+
+# ---- files that are not what their name says, and bounds ------------------------------
+
+
+def test_dotenv_in_utf16_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes("TURBORUN_WORKERS=33\n".encode("utf-16"))
+    assert load_config({}, environ={}, cwd=tmp_path).workers == 33
+
+
+def test_utf8_byte_order_mark_does_not_rename_the_first_variable(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"\xef\xbb\xbfTURBORUN_WORKERS=34\n")
+    assert load_config({}, environ={}, cwd=tmp_path).workers == 34
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (bytes(range(256)) * 2, "is not UTF-8 text (byte 129); save it as UTF-8"),
+        ("TURBORUN_WORKERS=3\n".encode("utf-16-le"), "holds NUL bytes"),
+        (b"\xff\xfe\x00\xd8", "is not UTF-16 text"),  # a lone surrogate after the mark
+    ],
+    ids=["binary", "utf16-without-mark", "broken-utf16"],
+)
+def test_unreadable_dotenv_is_a_clear_error(tmp_path: Path, data: bytes, words: str) -> None:
+    (tmp_path / ".env").write_bytes(data)
+    with pytest.raises(ConfigError) as error:
+        load_config({}, environ={}, cwd=tmp_path)
+    assert str(tmp_path / ".env") in str(error.value) and words in str(error.value)
+
+
+def test_a_directory_named_dotenv_is_not_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").mkdir()  # a virtual environment, often
+    assert load_config({}, environ={}, cwd=tmp_path).workers is None
+
+
+def test_a_directory_named_like_a_configs_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "configs" / "limits.toml").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="^configs/limits.toml is a directory, not a TOML file$"):
+        load_config({}, environ={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "toml", "label"),
+    [
+        ({"processes": 100_000, "workers": 100_000}, {}, None, "--processes=100000"),
+        ({}, {"TURBORUN_PROCESSES": "5000"}, None, "TURBORUN_PROCESSES='5000'"),
+        ({}, {}, "[defaults]\nprocesses = 999\n", "defaults.processes=999"),
+    ],
+)
+def test_processes_beyond_four_per_cpu_are_refused_naming_the_source(
+    tmp_path: Path, flags: dict[str, object], environ: dict[str, str], toml: str | None, label: str
+) -> None:
+    if toml is not None:
+        write(tmp_path, toml=toml)
+    with pytest.raises(ConfigError) as error:
+        load_config(flags, environ=environ, cwd=tmp_path)
+    assert str(error.value).startswith(f"{label} is more than {max_processes()} (4 per CPU, ")
+
+
+def test_processes_up_to_the_bound_are_accepted(tmp_path: Path) -> None:
+    config = load_config({"processes": max_processes()}, environ={}, cwd=tmp_path)
+    assert config.processes == max_processes() == 4 * (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "KEY",  # a key pasted into the URL variable
+        "https://user:KEY@api.example.com/v1,https://user:KEY@api.example.com/v1",
+        "ftp://api.example.com/v1?api_key=KEY",
+    ],
+)
+def test_base_url_errors_never_show_a_key(tmp_path: Path, value: str) -> None:
+    key = "sk-proj-Zq81xLmN0pQ4rStUvW2yZa3bCd"
+    with pytest.raises(ConfigError) as error:
+        load_config({}, environ={"OPENAI_BASE_URL": value.replace("KEY", key)}, cwd=tmp_path)
+    assert "OPENAI_BASE_URL" in str(error.value)
+    assert key not in str(error.value) and key not in str(error.value.value)

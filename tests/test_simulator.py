@@ -476,3 +476,74 @@ def test_client_that_disconnects_frees_its_place(serving_first):
     assert response.status == 200
     assert 0.39 <= elapsed < 0.6  # its own service time only: nothing leaked ahead of it
     assert (last["in_service"], last["waiting"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"latency_s": -0.5}, "latency_s (--latency) must be at least 0"),
+        ({"latency_per_token_s": float("inf")}, "--latency-per-token"),
+        ({"latency_s": float("nan")}, "latency_s (--latency) must be at least 0"),
+        ({"error_rate": 1.5}, "error_rate (--error-rate) must be a probability in [0, 1]"),
+        ({"hang_rate": -0.1}, "hang_rate (--hang-rate) must be a probability in [0, 1]"),
+        ({"error_rate": 0.6, "drop_rate": 0.6}, "must be at most 1, got 1.2"),
+        ({"limits": {"m": (0, None)}}, "--limit m: RPM must be a positive number"),
+        ({"limits": {"m": (None, -5)}}, "--limit m: TPM must be a positive number"),
+        ({"daily_requests": {"m": -1}}, "--daily m: the quota must be an integer >= 0"),
+        ({"port": 70_000}, "port (--port) must be in 0..65535"),
+    ],
+)
+def test_invalid_options_are_refused_with_the_flag_named(options, words):
+    with pytest.raises(ValueError) as error:
+        Simulator(**options)
+    assert words in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--latency", "-1"], "latency_s (--latency) must be at least 0, got -1.0"),
+        (["--error-rate", "2"], "error_rate (--error-rate) must be a probability in [0, 1]"),
+        (["--drop-rate", "0.7", "--hang-rate", "0.7"], "must be at most 1, got 1.4"),
+        (["--limit", "m=0:100"], "--limit m: RPM must be a positive number, got 0.0"),
+        (["--latency-jitter", "1"], "latency_jitter (--latency-jitter) must be in [0, 1)"),
+    ],
+)
+def test_command_line_refuses_invalid_options_with_exit_2(args, words):
+    done = subprocess.run(
+        [sys.executable, "-m", "turborun", "simulate", *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert "listening" not in done.stdout
+
+
+def _post_with_key(sim: Simulator, text: str, key: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)
+    try:
+        body = json.dumps({**CHAT, "messages": [{"role": "user", "content": text}]})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        connection.request("POST", "/v1/chat/completions", body, headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_echo_auth_quotes_the_key_in_error_bodies_only():
+    key = "sk-proj-Ab3dEfGh1jKlMn0pQrStUvWx"
+    with Simulator(latency_s=0.0, echo_auth=True) as sim:
+        status, data = _post_with_key(sim, "[sim:status=401]", key)
+        assert status == 401
+        error = data["error"]
+        assert error["message"] == (
+            "Simulated error 401. Incorrect API key provided: sk-pro" + "*" * 22 + "UvWx."
+        )
+        assert error["key_hint"] == key[:16] + "..."
+        assert error["request_headers"] == {"authorization": f"Bearer {key}"}
+        status, data = _post_with_key(sim, "hello", key)
+        assert status == 200 and key not in json.dumps(data)
+    with Simulator(latency_s=0.0) as sim:  # off by default
+        status, data = _post_with_key(sim, "[sim:status=400]", key)
+        assert status == 400 and key not in json.dumps(data)

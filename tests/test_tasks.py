@@ -4,6 +4,8 @@ templates, fingerprints and re-reading bodies from disk."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ from turborun.exceptions import InputError
 from turborun.records import FN_PROVIDER
 from turborun.tasks import (
     MAX_LINE_BYTES,
+    MAX_SHOWN_PROBLEMS,
     PRIORITY_NAMES,
     TaskSet,
     fingerprint,
     load_tasks,
     parse_priority,
+    problem_lines,
     tasks_from_dicts,
 )
 from turborun.templates import render_body, template_refs
@@ -520,3 +524,89 @@ def test_no_tasks_given() -> None:
     with pytest.raises(InputError) as caught:
         tasks_from_dicts([], FixedEstimator())
     assert [(p.line, p.message) for p in caught.value.problems] == [(0, "no tasks given")]
+
+
+# ---- limits of numbers, streams and long reports ------------------------------------
+
+
+@pytest.mark.parametrize("estimator", [None, TokenEstimator()], ids=["resume", "first-run"])
+def test_requested_output_beyond_2_53_tokens_is_a_problem_of_its_line(
+    tmp_path: Path, estimator: TokenEstimator | None
+) -> None:
+    def asking(custom_id: str, **output: Any) -> dict[str, Any]:
+        task = api(custom_id)
+        task["body"].update(output)
+        return task
+
+    lines = [
+        asking("fine", max_tokens=2**20, n=2**33),  # exactly 2**53
+        asking("product", max_tokens=1e308, n=10),  # 1e309: a float would overflow
+        asking("huge", max_completion_tokens=2**60),
+        asking("both", max_tokens=1e300, n=1e300),
+    ]
+    with pytest.raises(InputError) as caught:
+        load_tasks(write(tmp_path, *lines), estimator).close()
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (2, f"max_tokens × n = 1e+308 × 10 output tokens is over the limit of {2**53} (2**53) "
+            "per request"),
+        (3, f"max_completion_tokens = {2**60} output tokens is over the limit of {2**53} (2**53) "
+            "per request"),
+        (4, f"max_tokens × n = 1e+300 × 1e+300 output tokens is over the limit of {2**53} "
+            "(2**53) per request"),
+    ]  # fmt: skip
+
+
+def test_priority_beyond_64_bits_is_reported_as_written_not_as_a_float(tmp_path: Path) -> None:
+    body = '"body": {"model": "m", "messages": []}'
+    path = write(
+        tmp_path,
+        f'{{"custom_id": "big", "priority": {10**30}, {body}}}',
+        f'{{"custom_id": "low", "priority": {-(2**63) - 1}, {body}}}',
+        f'{{"custom_id": "edge", "priority": {2**63 - 1}, {body}}}',
+        f'{{"custom_id": "float", "priority": 1e30, {body}}}',
+    )
+    assert problems(path) == [
+        (1, f"priority {10**30} is out of range: {-(2**63)} to {2**63 - 1}"),
+        (2, f"priority {-(2**63) - 1} is out of range: {-(2**63)} to {2**63 - 1}"),
+        (4, "bad priority 1e+30: use an integer or one of critical/high/normal/low"),
+    ]
+    assert parse_priority(2**63 - 1) == 2**63 - 1 and parse_priority(2**63) is None
+    with pytest.raises(InputError) as caught:
+        tasks_from_dicts([api("a", priority=10**5000)], FixedEstimator())
+    assert "out of range" in caught.value.problems[0].message
+
+
+def test_task_file_that_is_a_fifo_is_read_once_and_serves_bodies(tmp_path: Path) -> None:
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+    lines = [api(f"t{i}", f"text {i}") for i in range(200)]
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as out:
+            for item in lines:
+                out.write(json.dumps(item) + "\n")
+
+    writer = threading.Thread(target=feed, daemon=True)  # never blocks pytest from exiting
+    writer.start()
+    try:
+        taskset = load(fifo)
+    finally:
+        writer.join(timeout=10)
+    with taskset:
+        assert taskset.path == fifo
+        assert [t.custom_id for t in taskset.tasks] == [f"t{i}" for i in range(200)]
+        for task in reversed(taskset.tasks):  # by offset, in any order, as at dispatch
+            assert taskset.body(task) == lines[task.index]["body"]
+
+
+def test_problem_lines_show_the_first_twenty_and_count_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path, *["{bad"] * 25)
+    with pytest.raises(InputError) as caught:
+        load(path).close()
+    shown = problem_lines(caught.value.problems)
+    assert len(caught.value.problems) == 25
+    assert len(shown) == MAX_SHOWN_PROBLEMS + 1 == 21
+    assert shown[0].startswith(f"{path}:1: malformed JSON")
+    assert shown[19].startswith(f"{path}:20: ")
+    assert shown[-1] == "... and 5 more problem(s) not shown"
+    assert problem_lines(caught.value.problems[:3]) == [str(p) for p in caught.value.problems[:3]]

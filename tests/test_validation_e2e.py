@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,114 @@ def test_invalid_environment_value_exits_2_naming_variable_and_value(
     done = run_batch(path, tmp_path, env, flags=())  # a --workers flag would take precedence
     assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
     assert "TURBORUN_WORKERS" in done.stderr and "abc" in done.stderr, done.stderr
+
+
+def test_100000_bad_lines_print_twenty_and_a_count(tmp_path: Path, simulator: Simulator) -> None:
+    tag = uuid.uuid4().hex
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(line(tag, "ok") + b"\n" + b"{oops\n" * 100_000)
+    done = run_batch(path, tmp_path, cli_env(tmp_path, simulator))
+    assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
+    printed = done.stderr.splitlines()
+    assert len(printed) == 22, printed[:3]
+    assert printed[0].startswith(f"{path}:2: malformed JSON")
+    assert printed[19].startswith(f"{path}:21: ")
+    assert printed[20:] == [
+        "... and 99980 more problem(s) not shown",
+        "100000 problem(s); nothing was sent",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"n": 10, "max_tokens": 1e308}, "max_tokens × n = 1e+308 × 10 output tokens is over"),
+        ({"max_tokens": 2**60}, f"max_tokens = {2**60} output tokens is over the limit"),
+    ],
+)
+def test_requested_output_too_large_to_count_exits_2(
+    tmp_path: Path, simulator: Simulator, extra: dict[str, Any], words: str
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tmp_path / "output.jsonl"
+    big = orjson.loads(line(tag, "big"))
+    big["body"].update(extra)
+    path.write_bytes(line(tag, "ok") + b"\n" + orjson.dumps(big) + b"\n")
+    done = run_batch(path, tmp_path, cli_env(tmp_path, simulator))
+    assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
+    assert f"{path}:2: {words}" in done.stderr, done.stderr
+
+
+def test_huge_integer_priority_is_printed_as_written(tmp_path: Path, simulator: Simulator) -> None:
+    tag = uuid.uuid4().hex
+    path = tmp_path / "priority.jsonl"
+    huge = line(tag, "p")[:-1] + b', "priority": 1000000000000000000000000000000}'
+    path.write_bytes(line(tag, "ok") + b"\n" + huge + b"\n")
+    done = run_batch(path, tmp_path, cli_env(tmp_path, simulator))
+    assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
+    assert f"{path}:2: priority 1000000000000000000000000000000 is out of range" in done.stderr
+    assert "e+30" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "words"),
+    [
+        ("dotenv-utf16-no-mark", "holds NUL bytes"),
+        ("dotenv-binary", "is not UTF-8 text"),
+        ("configs-directory", "configs/limits.toml is a directory, not a TOML file"),
+    ],
+)
+def test_unreadable_configuration_files_exit_2_with_a_message(
+    tmp_path: Path, simulator: Simulator, setup: str, words: str
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tmp_path / "conf.jsonl"
+    path.write_bytes(line(tag, "ok") + b"\n")
+    if setup == "dotenv-utf16-no-mark":
+        (tmp_path / ".env").write_bytes("TURBORUN_WORKERS=3\n".encode("utf-16-le"))
+    elif setup == "dotenv-binary":
+        (tmp_path / ".env").write_bytes(bytes(range(128, 256)))
+    else:
+        (tmp_path / "configs" / "limits.toml").mkdir(parents=True)
+    done = run_batch(path, tmp_path, cli_env(tmp_path, simulator))
+    assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
+    assert words in done.stderr, done.stderr
+
+
+def test_processes_beyond_the_bound_exit_2_before_starting_any(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tmp_path / "procs.jsonl"
+    path.write_bytes(line(tag, "ok") + b"\n")
+    flags = ("--workers", "100000", "--processes", "100000")
+    done = run_batch(path, tmp_path, cli_env(tmp_path, simulator), flags=flags)
+    assert_refused_and_nothing_sent(done, simulator, tag, tmp_path)
+    assert "--processes=100000 is more than" in done.stderr, done.stderr
+
+
+def test_task_file_that_is_a_fifo_runs_every_task(tmp_path: Path, simulator: Simulator) -> None:
+    tag = uuid.uuid4().hex
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+    lines = [line(tag, f"t{i}") for i in range(50)]
+    lines.append(line(tag, "after")[:-1] + b', "depends_on": ["t0"]}')
+
+    def feed() -> None:
+        with open(fifo, "wb") as out:
+            for item in lines:
+                out.write(item + b"\n")
+
+    writer = threading.Thread(target=feed, daemon=True)  # never blocks pytest from exiting
+    writer.start()
+    try:
+        out = tmp_path / "fifo.results.jsonl"
+        flags = ("--workers", "4", "-o", str(out))
+        done = run_batch(fifo, tmp_path, cli_env(tmp_path, simulator), flags=flags)
+    finally:
+        writer.join(timeout=10)
+    assert done.returncode == 0, done.stderr
+    results = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [r["custom_id"] for r in results] == [f"t{i}" for i in range(50)] + ["after"]
+    assert all(r["turborun"]["status"] == "succeeded" for r in results)
+    assert sent(simulator, tag) == 51

@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         return _status(args)
     except InputError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        from turborun.tasks import problem_lines  # the first 20, then a count
+
+        for text in problem_lines(exc.problems):
+            print(text, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s); nothing was sent", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TurborunError as exc:

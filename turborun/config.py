@@ -9,6 +9,8 @@ key is never echoed (``require_keys``).
 
 from __future__ import annotations
 
+import codecs
+import io
 import math
 import os
 import re
@@ -33,6 +35,17 @@ VIAS = ("live", "batch")  # how API tasks are sent (--via)
 
 def default_processes() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+PROCESSES_PER_CPU = 4  # the most worker processes a run may start, per CPU
+
+
+def max_processes() -> int:
+    """The bound on ``--processes`` for the local backend. A worker process carries
+    thousands of requests on its event loop; past a few per CPU more processes add
+    memory (tens of MiB each), not speed (``--processes 100000`` ran a machine out of
+    memory)."""
+    return PROCESSES_PER_CPU * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +312,17 @@ class _Sources:
             return self.dotenv[name], self.dotenv_path
         return None
 
+    def origin(self, name: str) -> tuple[str, Any, str]:
+        """(label, raw value, where) of the source that set a setting, for messages."""
+        variable = _SETTINGS[name][0]
+        if self.flags.get(name) is not None:
+            return FLAG_NAMES[name], self.flags[name], ""
+        found = self.variable(variable)
+        if found is not None:
+            return variable, found[0], found[1]
+        value, where = self.toml.defaults.get(name, (None, ""))
+        return f"defaults.{name}", value, where
+
     def setting(self, name: str) -> Any:
         """A setting by precedence, parsed; None when no source sets it."""
         variable, parse = _SETTINGS[name]
@@ -331,7 +355,7 @@ def load_config(
     sources = _Sources(
         flags=flags,
         environ=os.environ if environ is None else environ,
-        dotenv=dotenv_values(dotenv_path) if dotenv_path.is_file() else {},
+        dotenv=_read_dotenv(dotenv_path),
         dotenv_path=str(dotenv_path),
         toml=_load_toml(cwd / CONFIGS_DIR),
     )
@@ -342,6 +366,15 @@ def load_config(
             setattr(config, name, value)
     if config.workers is not None:
         config.processes = min(config.processes, config.workers)  # clamped, not an error
+    # The Ray backend's actors live on the cluster, whose size is not known here.
+    if config.processes > max_processes() and getattr(config, "backend", "local") == "local":
+        label, raw, where = sources.origin("processes")
+        cpus = os.cpu_count() or 1
+        what = (
+            f"is more than {max_processes()} ({PROCESSES_PER_CPU} per CPU, {cpus} CPUs): "
+            "each process carries thousands of requests, more only cost memory"
+        )
+        raise _fail(label, raw, what, where)
     config.override_limit = Limit(
         rpm=_flag_limit(flags, "rpm"),
         tpm=_flag_limit(flags, "tpm"),
@@ -372,6 +405,35 @@ def load_config(
     if flags.get("progress") is not None:
         config.progress = bool(flags["progress"])
     return config
+
+
+def _read_dotenv(path: Path) -> Mapping[str, str | None]:
+    """.env as python-dotenv parses it, from text decoded here: UTF-8 (a byte order mark
+    is dropped: dotenv would make it part of the first name) or UTF-16 with its byte
+    order mark (what Windows editors and PowerShell 5's ``>`` write). Anything else (a
+    binary file, UTF-16 without a mark) is a ConfigError, not a traceback. A directory
+    named .env (a virtual environment, often) is not a .env file: ignored."""
+    if not path.is_file():
+        return {}
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(DOTENV_FILE, None, f"cannot read {path}: {error.strerror}") from None
+    encoding = "utf-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif data.startswith(codecs.BOM_UTF8):
+        encoding = "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
+        message = f"{path} is not {name} text (byte {error.start + 1}); save it as UTF-8"
+        raise ConfigError(DOTENV_FILE, None, message) from None
+    if "\x00" in text:
+        what = "binary, or UTF-16 without a byte order mark"
+        raise ConfigError(DOTENV_FILE, None, f"{path} holds NUL bytes ({what}); save it as UTF-8")
+    return dotenv_values(stream=io.StringIO(text))
 
 
 def _raw_variable(sources: _Sources, variable: str) -> str | None:
@@ -416,10 +478,14 @@ def _load_toml(folder: Path) -> _TomlConfig:
         return merged
     for path in sorted(folder.glob("*.toml")):
         where = f"{CONFIGS_DIR}/{path.name}"
+        if path.is_dir():
+            raise ConfigError(where, None, f"{where} is a directory, not a TOML file")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(where, None, f"{where} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(where, None, f"cannot read {where}: {exc.strerror}") from None
         _merge_toml(merged, data, where)
     return merged
 

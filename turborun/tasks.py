@@ -14,11 +14,17 @@ once, as ``Problem(path, line, message)`` sorted by line (the CLI prints
   may be left out: ``task-<n>``, n = 1-based position). ``method``: only
   ``POST`` (as the Batch API). ``url``: a string starting with ``/``.
   ``provider``: ``openai`` or ``groq``. ``depends_on``: list of custom_ids of the
-  same input; repeats are dropped. ``priority``: see ``parse_priority``. ``fn``:
+  same input; repeats are dropped. ``priority``: see ``parse_priority`` (64-bit
+  integers; one written past that range is reported as written, not as the float
+  orjson reads it as). ``fn``:
   ``package.module:function``, only its shape is checked here (workers import
   it). ``body``: a JSON object holding a non-empty string ``model``; required
   for API tasks, optional for ``fn`` steps, which call no provider (their
   provider is ``records.FN_PROVIDER``, their model "").
+* Requested output (``max_tokens`` or its kin, × ``n``) over ``MAX_OUTPUT_TOKENS``
+  (2**53) is a problem of its line: budgets count tokens in floats.
+* A task file that is not a regular file (a FIFO, ``/dev/stdin`` on a pipe) is read
+  once into an anonymous temporary file, which then serves the bodies at dispatch.
 * An optional key given as ``null`` takes its default (tables exported from
   pandas and the like write missing cells as null).
 * Unknown top-level keys are accepted and ignored: Batch API files and the
@@ -38,7 +44,12 @@ once, as ``Problem(path, line, message)`` sorted by line (the CLI prints
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +61,7 @@ from turborun.exceptions import InputError, Problem
 from turborun.graph import find_cycle
 from turborun.records import FN_PROVIDER
 from turborun.templates import template_refs
-from turborun.tokens import UNESTIMATED, TokenEstimator, output_tokens
+from turborun.tokens import OUTPUT_KEYS, UNESTIMATED, TokenEstimator, output_tokens
 
 PRIORITY_NAMES = {"critical": 1000, "high": 100, "normal": 10, "low": 1}
 DEFAULT_PRIORITY = PRIORITY_NAMES["normal"]
@@ -58,6 +69,12 @@ PROVIDERS = ("openai", "groq")
 DEFAULT_METHOD = "POST"
 DEFAULT_URL = "/v1/chat/completions"
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# Priorities are 64-bit integers: a larger one is a mistake, not an order of business.
+MIN_PRIORITY, MAX_PRIORITY = -(2**63), 2**63 - 1
+# Requested output (max_tokens × n) above 2**53 tokens cannot be counted exactly as a
+# float, which the budgets and the latency model compute in; no model produces that much.
+MAX_OUTPUT_TOKENS = 2**53
+MAX_SHOWN_PROBLEMS = 20  # the command line prints this many problems, then a count
 
 _FN = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*:[^\W\d]\w*")
 _BOM = b"\xef\xbb\xbf"
@@ -144,6 +161,7 @@ def load_tasks(path: Path, estimator: TokenEstimator | None) -> TaskSet:
     except OSError as error:
         raise InputError([Problem(where, 0, f"cannot read: {error.strerror}")]) from None
     try:
+        file = _seekable(file, where)
         collector = _Collector(where, estimator, "line")
         for number, offset, raw, size in _lines(file):
             if raw is None:
@@ -151,6 +169,8 @@ def load_tasks(path: Path, estimator: TokenEstimator | None) -> TaskSet:
                 collector.problem(number, message)
                 continue
             obj = _parse_line(raw, number, collector)
+            if isinstance(obj, dict) and isinstance(obj.get("priority"), float):
+                obj["priority"] = _priority_as_written(raw, obj["priority"])
             if obj is not None:
                 scan = b"{{" in raw or b"\\u007" in raw
                 collector.add(obj, number, offset=offset, length=len(raw), scan_refs=scan)
@@ -181,11 +201,12 @@ def tasks_from_dicts(
 
 
 def parse_priority(value: Any) -> int | None:
-    """An integer (not a bool) or a name of PRIORITY_NAMES (any case); None if invalid."""
+    """An integer (not a bool) from MIN_PRIORITY to MAX_PRIORITY or a name of
+    PRIORITY_NAMES (any case); None if invalid."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if MIN_PRIORITY <= value <= MAX_PRIORITY else None
     if isinstance(value, str):
         return PRIORITY_NAMES.get(value.strip().lower())
     return None
@@ -205,6 +226,43 @@ def fingerprint(
         "depends_on": list(depends_on),
     }
     return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def problem_lines(problems: Sequence[Problem], limit: int = MAX_SHOWN_PROBLEMS) -> list[str]:
+    """The first ``limit`` problems as ``FILE:LINE: message``, then one line counting the
+    rest: a file of 100,000 bad lines is one mistake, not 100,000 lines to scroll."""
+    shown = [str(problem) for problem in problems[:limit]]
+    if len(problems) > limit:
+        shown.append(f"... and {len(problems) - limit} more problem(s) not shown")
+    return shown
+
+
+def _seekable(file: IO[bytes], where: str) -> IO[bytes]:
+    """``file``, or, when it is not a regular file (a FIFO, a pipe on /dev/stdin, a
+    terminal), its whole content spooled once into an anonymous temporary file: bodies
+    are re-read by offset at dispatch, which a stream cannot do."""
+    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        return file
+    spool = tempfile.TemporaryFile(prefix="turborun-tasks-")
+    try:
+        with file:
+            shutil.copyfileobj(file, spool, 1 << 20)
+        spool.seek(0)
+    except OSError as error:
+        spool.close()
+        raise InputError([Problem(where, 0, f"cannot read: {error.strerror}")]) from None
+    return spool
+
+
+def _priority_as_written(raw: bytes, parsed: float) -> Any:
+    """orjson reads an integer beyond 64 bits as a float (1e+30); the standard library
+    keeps it exact, so a message shows the priority as the file wrote it."""
+    if not parsed.is_integer():
+        return parsed
+    try:
+        return json.loads(raw).get("priority", parsed)
+    except ValueError:
+        return parsed
 
 
 def _lines(file: IO[bytes]) -> Iterator[tuple[int, int, bytes | None, int]]:
@@ -254,7 +312,10 @@ def _parse_line(raw: bytes, number: int, collector: _Collector) -> Any:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return "an integer too long to print"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -326,6 +387,9 @@ class _Collector:
                 if estimate is None:
                     return
                 prompt_tokens, max_output_tokens = estimate
+            if max_output_tokens > MAX_OUTPUT_TOKENS:
+                self._output_too_large(body, line)
+                return
         task = Task(
             custom_id=custom_id,
             index=len(self.tasks),
@@ -416,9 +480,20 @@ class _Collector:
         if value is None:
             return DEFAULT_PRIORITY
         priority = parse_priority(value)
-        if priority is None:
+        if priority is None and isinstance(value, int) and not isinstance(value, bool):
+            message = f"priority {_show(value)} is out of range: {MIN_PRIORITY} to {MAX_PRIORITY}"
+            self.problem(line, message)
+        elif priority is None:
             self.problem(line, f"bad priority {_show(value)}: {_PRIORITY_HINT}")
         return priority
+
+    def _output_too_large(self, body: Mapping[str, Any], line: int) -> None:
+        key = next((k for k in OUTPUT_KEYS if body.get(k) is not None), "max_tokens")
+        asked = f"{key} = {_show(body.get(key))}"
+        if body.get("n") is not None:
+            asked = f"{key} × n = {_show(body.get(key))} × {_show(body['n'])}"
+        limit = f"{MAX_OUTPUT_TOKENS} (2**53)"
+        self.problem(line, f"{asked} output tokens is over the limit of {limit} per request")
 
     def _fn(self, value: Any, line: int) -> str | None:
         if value is None:

@@ -151,4 +151,4 @@ def _peak_per_min(counts: list[int], dts: list[float]) -> float | None:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 8)
+    return None if value is None else round(value, 12)

@@ -308,6 +308,9 @@ def _write_report(folder: Path, journal: Journal, taskset: TaskSet) -> Path | No
     ]
     try:
         files = write_report(folder, journal=journal, tasks=tasks)
+    except OSError as exc:  # a full or read-only disk: said in one line, no traceback
+        log.warning("could not write the run's report: %s", exc.strerror or exc)
+        return None
     except Exception:
         log.exception("could not write the run's report")
         return None

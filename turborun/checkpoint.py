@@ -63,6 +63,8 @@ JOURNAL_DB = "cache.db"
 # What --fresh may remove inside journal/: SQLite's files and diskcache's value files
 # (<2 hex>/<2 hex>/<hex>.val); anything else found there is left alone.
 _JOURNAL_FILES = ("cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal")
+# What --fresh removes beside the journal: files a run writes there and rewrites whole.
+_RUN_FILES = (META_FILE, "timeline.jsonl", "report.html", "report.json")
 _VALUE_DIR = re.compile(r"[0-9a-f]{2}")
 _VALUE_FILE = re.compile(r"[0-9a-f]+\.val")
 RUN_NAME_CHARS = "letters, digits, '.', '_' and '-', starting with a letter or digit; at most 128"
@@ -314,9 +316,18 @@ class Checkpoint:
         return cls(folder, lock_fd, journal)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Replace run.json atomically (temp file + fsync + os.replace). OSError (a full
-        disk) reaches the caller."""
-        _write_atomic(self.folder / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        """Replace run.json atomically (temp file + fsync + os.replace). On a full disk,
+        where no temp file fits, overwrite it in place instead: the blocks of the old
+        state take the new one, so run.json does not keep saying "running" (a torn file
+        reads as unreadable, never as a wrong state). Other OSErrors reach the caller."""
+        path = self.folder / META_FILE
+        data = orjson.dumps(meta, option=orjson.OPT_INDENT_2)
+        try:
+            _write_atomic(path, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+                raise
+            _overwrite(path, data)
 
     def read_meta(self) -> dict[str, Any]:
         return read_meta(self.folder)
@@ -456,9 +467,11 @@ def _lost(folder: Path, what: str) -> str:
 
 
 def _discard(folder: Path) -> None:
-    """--fresh: remove run.json and the journal's own files; anything else stays."""
-    with contextlib.suppress(FileNotFoundError):
-        (folder / META_FILE).unlink()
+    """--fresh: remove the run's own files and the journal's; anything else stays
+    (run.log and the lock too: the log keeps the history of the folder)."""
+    for name in _RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
     journal = folder / JOURNAL_DIR
     if not journal.is_dir() or journal.is_symlink():
         return
@@ -526,6 +539,17 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _read_only(directory: Path) -> bool:
+    """The folder (or its filesystem) refuses writes: SQLite then says only "unable to
+    open database file" (WAL needs its -shm file)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY) or not os.access(
+            directory, os.W_OK
+        )
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _read_errors(directory: Path) -> Iterator[None]:
     """SQLite errors opening or reading a journal, as a CheckpointDamaged that says
@@ -535,7 +559,7 @@ def _read_errors(directory: Path) -> Iterator[None]:
     except sqlite3.Error as exc:
         text = str(exc)
         lower = text.lower()
-        if "readonly" in lower or "read-only" in lower or "read only" in lower:
+        if "readonly" in lower or "read-only" in lower or _read_only(directory):
             what = (
                 f"the journal in {directory} is read-only ({text}); turborun needs to "
                 "write its checkpoint folder"
@@ -598,6 +622,16 @@ def _holder_pid(path: Path, attempts: int = 20, pause_s: float = 0.01) -> int | 
 def _release_lock(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -175,8 +175,9 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     pending = result.metrics.pending
     if result.journal_error is not None:
         print(
-            f"stopped: {result.journal_error}. {pending} tasks not finished; the checkpoint "
-            f"{result.checkpoint} holds everything journaled. Free space, then resume with: "
+            f"stopped: {pending} tasks not finished (the journal could not be written); the "
+            f"checkpoint {result.checkpoint} holds everything journaled. Free space, then "
+            "resume with: "
             f"{_resume_command(argv, other_output=result.results_error is not None)}",
             file=sys.stderr,
         )

@@ -384,3 +384,53 @@ def test_full_disk_stops_with_one_line_exit_4_and_resume_resends_only_what_was_i
     assert set(second) == {f"q{i:02d}" for i in range(count)} - done_before
     assert first & set(second) == in_flight, "re-sent: exactly what was in flight"
     assert [x["turborun"]["status"] for x in results(out)] == ["succeeded"] * count
+
+
+# ---- files beside the checkpoints ------------------------------------------------------
+
+
+def test_corrupt_run_json_does_not_break_status_and_the_next_run_heals_it(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tasks_file(tmp_path, tag)
+    env = cli_env(tmp_path, simulator)
+    assert run_cli(["batch", str(path), *RUN], tmp_path, env).returncode == 0
+    meta = tmp_path / "checkpoints" / "t" / "run.json"
+    for garbage in (b'{"state": "fini', b"[1, 2]", b"\xff\xfe"):
+        meta.write_bytes(garbage)
+        status = run_cli(["status", "t"], tmp_path, env)
+        assert status.returncode == 0, status.stderr
+        assert "run t: state unknown (run.json unreadable" in status.stdout, status.stdout
+        assert "journaled 3 of ?: 3 succeeded" in status.stdout
+    again = run_cli(["batch", str(path), "--resume", *RUN], tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert orjson.loads(meta.read_bytes())["state"] == "finished"
+    assert len(sent(simulator, tag)) == 3
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"openai/sim-cli": {"n": "many", "sx": 0, "sy": 0, "sxx": 0, "sxy": 0}}',
+        b'{"openai/sim-cli": [1, 2, 3]}',
+        b"[1, 2, 3]",
+        b"\x00\x01 not json",
+    ],
+)
+def test_wrongly_typed_latency_file_is_ignored_with_a_warning_and_rewritten(
+    tmp_path: Path, simulator: Simulator, content: bytes
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tasks_file(tmp_path, tag, count=10)
+    env = cli_env(tmp_path, simulator)
+    latency = tmp_path / "checkpoints" / "_latency.json"
+    latency.parent.mkdir()
+    latency.write_bytes(content)
+    done = run_cli(["batch", str(path), *RUN], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert f"ignoring {latency}" in done.stderr and "Traceback" not in done.stderr
+    fits = orjson.loads(latency.read_bytes())
+    assert fits["openai/sim-cli"]["n"] > 9, "rewritten whole from this run (10 samples)"
+    again = run_cli(["batch", str(path), "--fresh", *RUN], tmp_path, env)
+    assert again.returncode == 0 and "ignoring" not in again.stderr, again.stderr

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,51 @@ def test_results_file_mode_follows_the_umask(tmp_path: Path) -> None:
 )
 def test_default_results_path_is_beside_the_task_file(tasks: str, results: str) -> None:
     assert default_results_path(Path(tasks)) == Path(results)
+
+
+def test_temporary_files_left_by_a_killed_writer_are_removed_on_the_next_write(
+    tmp_path: Path,
+) -> None:
+    """kill -9 during the final write leaves ``.NAME.PID.tmp``: the next write of that
+    results file removes those whose process is gone, never a live writer's."""
+    out = tmp_path / "r.jsonl"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stale = tmp_path / f".r.jsonl.{gone}.tmp"
+    live = tmp_path / f".r.jsonl.{os.getppid()}.tmp"
+    unrelated = tmp_path / f".other.jsonl.{gone}.tmp"
+    for path in (stale, live, unrelated):
+        path.write_bytes(b"half a file")
+    write_results(out, [("a", entry())], run_name="t", resumed=())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["r.jsonl", live.name, unrelated.name]
+    )
+
+
+def test_a_killed_writer_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+    """SIGKILL in the middle of writing: the results file is the old one, complete."""
+    out = tmp_path / "r.jsonl"
+    write_results(out, [("a", entry())], run_name="t", resumed=())
+    before = out.read_bytes()
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from turborun.results import write_results\n"
+        "def entries():\n"
+        "    for i in range(100_000):\n"
+        "        if i == 50_000:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        yield f'q{i}', None\n"
+        "write_results(Path(sys.argv[1]), entries(), run_name='t', resumed=())\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert out.read_bytes() == before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "r.jsonl"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".r.jsonl.")
+    write_results(out, [("b", entry())], run_name="t", resumed=())
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"], "the next write cleans up"

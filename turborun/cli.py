@@ -250,7 +250,7 @@ def _status(args: argparse.Namespace) -> int:
         counts = journal.counts()
     finally:
         journal.close()
-    total = meta.get("total") or 0
+    total = meta.get("total", "?")
     done = sum(counts.values())
     state = meta.get("state", "unknown")
     problem = meta_problem(config.checkpoint_dir / args.run_name)

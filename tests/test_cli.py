@@ -269,6 +269,7 @@ BATCH_FLAGS = [
     "--resume",
     "--fresh",
     "--run-name",
+    "--accept-lost-journal",
     "--workers",
     "--max-in-flight",
     "--endpoint-max-in-flight",

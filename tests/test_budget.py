@@ -846,3 +846,97 @@ def test_retry_delay_backs_off_exponentially_with_jitter_and_a_cap() -> None:
     assert all(1.0 <= d <= 2.0 for d in third)
     assert all(15.0 <= d <= 30.0 for d in late)
     assert len(set(first)) > 50
+
+
+# ---- a server that never answers, requests that never fit, retry escalation ----------
+
+
+def no_answer(kind: str = "connection") -> Outcome:
+    return Outcome("q", 1, None, kind, "Connection error.", None, latency_s=0.001)
+
+
+def test_a_bucket_never_answered_gives_up_after_two_first_cooldowns() -> None:
+    """The default bound, by arithmetic on a fake clock: cool-downs of 10 s (a third of
+    30 s, never doubled) while nothing ever answered; the first failure 60 s or more
+    after the first request gives up."""
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    first = clock.now
+    probes = 0
+    while bucket.unreachable is None:
+        at = bucket.ready_at(10)
+        assert at < math.inf
+        clock.now = max(clock.now, at)
+        send_now(bucket, clock)
+        clock.now += 0.001
+        bucket.settle(no_answer(), 10, 0)
+        probes += 1
+        assert clock.now - first < 75, "still trying after the bound"
+    gave_up_after = clock.now - first
+    assert 60 <= gave_up_after <= 60 + 10 + 0.1
+    assert "no answer at all from the server in" in bucket.unreachable
+    assert f"{probes} attempts: connection {probes}" in bucket.unreachable
+    # the cool-downs were 10 s: about 20 refusals open it, then one probe per 10 s
+    assert MIN_FAILURES <= probes <= MIN_FAILURES + 7
+
+
+def test_one_answer_of_any_kind_means_the_bucket_is_never_given_up() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock)
+    bucket.settle(failure(SERVER_ERROR), 10, 0)  # an HTTP answer: the server is there
+    for _ in range(200):
+        clock.now = max(clock.now + 1.0, bucket.ready_at(10))
+        send_now(bucket, clock)
+        bucket.settle(no_answer("timeout"), 10, 0)
+    assert bucket.unreachable is None
+    assert "no answer yet" not in (bucket.pause_reason() or "")
+
+
+def test_pause_reason_of_a_never_answered_bucket_says_when_it_gives_up() -> None:
+    budget, clock = make_budget()
+    bucket = budget.bucket("openai", "m")
+    for _ in range(MIN_FAILURES):
+        clock.now = max(clock.now, bucket.ready_at(10))
+        send_now(bucket, clock)
+        bucket.settle(no_answer(), 10, 0)
+    reason = bucket.pause_reason() or ""
+    assert reason.startswith("circuit breaker open: ")
+    assert "pausing 10 s" in reason
+    assert reason.endswith(
+        "no answer yet from the server: its tasks fail in 60 s unless it answers"
+    )
+
+
+def test_a_request_over_the_tpm_is_too_large_configured_or_learned() -> None:
+    budget, _ = make_budget({("openai", "c"): Limit(tpm=10_000)})
+    configured = budget.bucket("openai", "c")
+    assert configured.too_large(10_000) is None
+    assert "allows 10,000 tokens per minute (configured)" in (configured.too_large(10_001) or "")
+    learned = budget.bucket("openai", "l")
+    assert learned.too_large(10**9) is None  # nothing known: it may go
+    learned.spend(10)
+    learned.settle(ok({"x-ratelimit-limit-tokens": "200000"}), 10, 0)
+    message = learned.too_large(1_000_016) or ""
+    assert "needs 1,000,016 tokens" in message
+    assert "allows 200,000 tokens per minute (learned from the provider)" in message
+
+
+def test_retries_escalate_only_while_most_requests_fail() -> None:
+    rng = random.Random(1)
+    assert max(retry_delay_s(5, None, rng, escalate=False) for _ in range(100)) <= 0.5
+    assert min(retry_delay_s(5, None, rng, escalate=True) for _ in range(100)) >= 4.0
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=1e9, tpm=1e12)})
+    bucket = budget.bucket("openai", "m")
+    for _ in range(100):  # 30 % failing, failures first: healthy
+        send_now(bucket, clock)
+        clock.now += 0.01
+    for _ in range(30):
+        bucket.settle(failure(SERVER_ERROR), 10, 0)
+    assert bucket.healthy()
+    for _ in range(25):  # then only failures: past half, before the breaker opens
+        send_now(bucket, clock)
+        clock.now += 0.01
+        bucket.settle(failure(SERVER_ERROR), 10, 0)
+    assert bucket.state() != "open"
+    assert not bucket.healthy()

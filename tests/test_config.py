@@ -419,6 +419,9 @@ def test_processes_up_to_the_bound_are_accepted(tmp_path: Path) -> None:
         "KEY",  # a key pasted into the URL variable
         "https://user:KEY@api.example.com/v1,https://user:KEY@api.example.com/v1",
         "ftp://api.example.com/v1?api_key=KEY",
+        "http://user:KEY@127.0.0.1:99999999/v1",  # a bad port
+        "http://127.0.0.1:KEY/v1",
+        "http://[KEY/v1",
     ],
 )
 def test_base_url_errors_never_show_a_key(tmp_path: Path, value: str) -> None:

@@ -115,6 +115,8 @@ def test_display_url_hides_credentials_and_key_parameters():
     assert shown == (
         f"https://{REDACTED}@api.example.com:8443/v1?api_key={REDACTED}&api-version=2024-06-01"
     )
+    malformed = f"http://user:{key}@127.0.0.1:99999999/v1#top"  # no parser accepts its port
+    assert display_url(malformed) == f"http://{REDACTED}@127.0.0.1:99999999/v1#top"
     assert display_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
     assert display_url("openai") == "openai"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -232,6 +233,13 @@ def _base_url(label: str, raw: Any, where: str = "") -> str:
     value = str(raw).strip()
     if not value.startswith(("http://", "https://")):
         raise _url_fail(label, raw, "is not an http:// or https:// URL", where)
+    try:
+        parts = urlsplit(value)
+        valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # its text may quote the URL: not shown
+        valid = False
+    if not valid:
+        raise _url_fail(label, raw, "is not a valid URL (its host or port)", where)
     return value
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote
 
 REDACTED = "***"
 MIN_FRAGMENT = 8  # characters: a shorter piece of a key is not scrubbed on its own
@@ -151,43 +151,46 @@ def url_secrets(url: str) -> list[str]:
     """The credentials a URL carries: user name and password (and the Basic credentials
     HTTP clients make of them: ``base64(user:password)``, which a server may echo), and
     the values of query parameters named like a key or token (``api_key``, ``sig``...)."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return []
-    found = [value for value in (parts.username, parts.password) if value]
-    if parts.username is not None or parts.password is not None:
-        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    authority, query = _split(url.strip())
+    found = []
+    if "@" in authority:
+        user, _, password = authority.rpartition("@")[0].partition(":")
+        found += [value for value in (user, password, unquote(user), unquote(password)) if value]
+        pair = f"{unquote(user)}:{unquote(password)}"
         found.append(base64.b64encode(pair.encode("utf-8")).decode("ascii"))
-        found += [unquote(value) for value in (parts.username, parts.password) if value]
-    for name, value in parse_qsl(parts.query, keep_blank_values=False):
-        if _is_secret_param(name):
-            found.append(value)
+    found += [value for name, value in parse_qsl(query) if _is_secret_param(name)]
     return found
 
 
 def display_url(url: str) -> str:
     """``url`` as it may be shown: user information and credential-like query values
-    replaced by REDACTED (``https://***@host/v1?api_key=***``). Anything that is not a
-    URL comes back as it is."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a malformed port)
-    except ValueError:
+    replaced by REDACTED (``https://***@host/v1?api_key=***``), by plain string work, so
+    that a malformed URL (a bad port) is hidden as well. Anything that is not a URL
+    comes back as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    if not parts.scheme or not parts.netloc:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = REDACTED + "@" + authority.rpartition("@")[2]
+    path, question, query = tail.partition("?")
+    if question:
+        query, hash_sign, fragment = query.partition("#")
         fields = []
         for field in query.split("&"):
-            name, sep, value = field.partition("=")
-            fields.append(f"{name}={REDACTED}" if sep and _is_secret_param(name) else field)
-        query = "&".join(fields)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            name, equals, _ = field.partition("=")
+            fields.append(f"{name}={REDACTED}" if equals and _is_secret_param(name) else field)
+        tail = f"{path}?{'&'.join(fields)}{hash_sign}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def _split(url: str) -> tuple[str, str]:
+    """(authority, query) of a URL, by plain string work (never raises)."""
+    rest = url.partition("://")[2]
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    query = rest[end:].partition("?")[2].partition("#")[0]
+    return rest[:end], query
 
 
 def _is_secret_param(name: str) -> bool:

@@ -25,9 +25,11 @@ from typing import Any
 
 import orjson
 
+from turborun.flex import is_capacity_answer
 from turborun.keys import Scrubber, url_secrets
 from turborun.records import (
     AUTH,
+    CAPACITY,
     CLIENT_ERROR,
     CONNECTION,
     FN_ERROR,
@@ -334,6 +336,8 @@ def _outcome_from_status_error(call: Call, status: int, response: Any, latency_s
     else:
         kind = CLIENT_ERROR
     body = _read_body(response)
+    if is_capacity_answer(status, body):  # flex without capacity: not a rate limit
+        kind = CAPACITY
     message = _provider_message(body) or f"HTTP {status}"
     return _failure(call, status, kind, message, latency_s, response.headers, body)
 

@@ -18,8 +18,11 @@ CLIENT_ERROR = "client_error"  # other 4xx (408/409 are retried by status code)
 AUTH = "auth"  # 401/403: the provider refuses our key
 INVALID_RESPONSE = "invalid_response"  # 2xx whose body is not JSON
 FN_ERROR = "fn_error"  # a Python step raised
+CAPACITY = "capacity"  # flex tier out of capacity: OpenAI 429 "resource unavailable", Groq 498
 
-RETRYABLE_KINDS = frozenset({RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION, INVALID_RESPONSE})
+RETRYABLE_KINDS = frozenset(
+    {RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION, INVALID_RESPONSE, CAPACITY}
+)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 FN_PROVIDER = "fn"  # Call.provider of a Python step

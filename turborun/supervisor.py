@@ -53,6 +53,7 @@ from turborun.entries import (
     outcome_entry,
 )
 from turborun.exceptions import JournalWriteError
+from turborun.flex import fall_back, served_tier
 from turborun.graph import FAILED as NODE_FAILED
 from turborun.graph import READY, RUNNING, Graph, longest_path, topological_order
 from turborun.graph import SKIPPED as NODE_SKIPPED
@@ -60,7 +61,7 @@ from turborun.latency import LatencyModel
 from turborun.metrics import Metrics, ModelStats
 from turborun.pool import WorkerPool
 from turborun.pricing import Pricing
-from turborun.records import AUTH, FN_PROVIDER, RATE_LIMITED, Call, Outcome
+from turborun.records import AUTH, CAPACITY, FN_PROVIDER, RATE_LIMITED, Call, Outcome
 from turborun.scheduler import ReadyQueue, Timers, sort_key
 from turborun.tasks import Task
 from turborun.templates import render_body
@@ -139,6 +140,7 @@ class Supervisor:
         self._stats: dict[tuple[str, str], ModelStats] = {}
         self._attempts: list[int] = []
         self._deaths: dict[int, int] = {}
+        self._capacity_hits: dict[int, int] = {}  # node -> flex capacity answers (flex.py)
         self._cost: list[int] = []  # tokens reserved by the node's attempt in flight
         self._ready_at: list[float] = []
         self._queued_s: list[float] = []
@@ -497,6 +499,9 @@ class Supervisor:
             return None
         try:
             body = self._render(task)
+            fallback = self.config.flex_fallback
+            if fallback and self._capacity_hits.get(node, 0) >= fallback:
+                body = fall_back(task.provider, body)  # --flex-fallback: the standard tier
         except Exception as exc:  # a body that cannot be read back or rendered
             entry = failure_entry(
                 task, "render_error", f"{type(exc).__name__}: {exc}", attempts=self._attempts[node]
@@ -590,8 +595,11 @@ class Supervisor:
             outcome.input_tokens,
             outcome.output_tokens,
             outcome.cached_tokens or 0,
+            tier=served_tier(outcome.body),  # flex answers at flex prices
         )
         self._count_attempt(stats, outcome, cost)
+        if outcome.error_kind == CAPACITY:
+            self._capacity_hits[node] = self._capacity_hits.get(node, 0) + 1
         self._duration_s[node] = outcome.latency_s
         if outcome.ok:
             self.latency.observe(

@@ -4,6 +4,9 @@
               → wall ≤ 2 × the clean run, every task succeeds
 2. errors30:  2,000 requests at 200 ms, no faults vs 30 % HTTP 500
               → wall ≤ 3 × the clean run, every task succeeds
+2b. hangs:    3,000 requests at 200 ms, no faults vs 5 % never answered, --timeout 3
+              → no pause (timeouts are dated by when their request was sent), every
+              task succeeds
 3. kill:      6,000 requests at 200 ms, no fault vs one worker process SIGKILLed
               when a third is done → ≤ 1.3 × the clean run, every task succeeds
 4. models:    20,000 requests at 200 ms over one model vs over 2,000 models
@@ -17,7 +20,7 @@ configured and matches the simulator's, so the clean runs are paced and draw no 
 "Wall" is the supervisor's run clock (first dispatch to last outcome); pauses are the
 ones the progress line reported, with their reasons.
 
-Usage: python scripts/bench_faults.py [--only errors10,errors30,kill,models,closed]
+Usage: python scripts/bench_faults.py [--only errors10,errors30,hangs,kill,models,closed]
 """
 
 from __future__ import annotations
@@ -106,16 +109,18 @@ def _line(label: str, result: Any, wall: float, watch: _Watch | None = None) -> 
     return m.makespan_s
 
 
-def errors(folder: Path, n: int, rate: float, bound: float) -> None:
-    print(f"errors: {n} requests at {LATENCY_S * 1000:.0f} ms, {rate:.0%} HTTP 500 "
+def errors(folder: Path, n: int, rate: float, bound: float, kind: str = "error") -> None:
+    what = "HTTP 500" if kind == "error" else "never answered, --timeout 3"
+    print(f"{kind}s: {n} requests at {LATENCY_S * 1000:.0f} ms, {rate:.0%} {what} "
           f"(bound {bound:g} x)", flush=True)  # fmt: skip
     limits = {"limits": {MODEL: (RPM, None)}}
-    clean, wall = _run(limits, _tasks(n), folder / f"clean{n}")
+    kw: dict[str, Any] = {"timeout_s": 3.0} if kind == "hang" else {}
+    clean, wall = _run(limits, _tasks(n), folder / f"clean{kind}{n}", **kw)
     base = _line("no faults", clean, wall)
     watch = _Watch()
-    faulty, wall = _run({**limits, "error_rate": rate, "seed": 1}, _tasks(n),
-                        folder / f"faulty{n}", watch)  # fmt: skip
-    ratio = _line(f"{rate:.0%} 500s", faulty, wall, watch) / base
+    faulty, wall = _run({**limits, f"{kind}_rate": rate, "seed": 1}, _tasks(n),
+                        folder / f"faulty{kind}{n}", watch, **kw)  # fmt: skip
+    ratio = _line(f"{rate:.0%} {kind}s", faulty, wall, watch) / base
     print(f"  ratio {ratio:.2f} x (bound {bound:g} x)", flush=True)
 
 
@@ -197,7 +202,7 @@ def closed(folder: Path, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="errors10,errors30,kill,models,closed")
+    parser.add_argument("--only", default="errors10,errors30,hangs,kill,models,closed")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -208,6 +213,8 @@ def main() -> None:
             errors(folder, int(3000 * scale), 0.10, 2.0)
         if "errors30" in only:
             errors(folder, int(2000 * scale), 0.30, 3.0)
+        if "hangs" in only:
+            errors(folder, int(3000 * scale), 0.05, 2.0, kind="hang")
         if "kill" in only:
             kill(folder, int(6000 * scale))
         if "models" in only:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
+import math
 import os
 import queue
 import signal
@@ -51,6 +53,7 @@ _HELLO = Outcome("", 0, None, None, None, None)
 MAX_STUCK_STEPS = 16
 # An Outcome for no node asking the pool to replace this process (see MAX_STUCK_STEPS).
 RECYCLE_ATTEMPT = -1
+_PRUNE_AT = 1024  # deadlines kept before those of finished steps are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,9 @@ def worker_main(
 
 class _Steps:
     """Python steps on threads, each bounded by its Call's ``timeout_s`` (see the module
-    docstring). Outcomes go to ``outbox``; deadlines are timers on the event loop."""
+    docstring). Outcomes go to ``outbox``. Deadlines wait in one heap served by a single
+    timer on the event loop; deadlines of steps that finished are dropped in bulk, so a
+    run of 100,000 quick steps keeps no timer per step."""
 
     def __init__(
         self,
@@ -137,6 +142,10 @@ class _Steps:
         self._executor = self._new_executor()
         self.stuck = 0  # threads still running a step that was failed at its deadline
         self._recycle_asked = False
+        # (due on the loop's clock, custom_id, attempt, timeout_s); the loop's thread only
+        self._deadlines: list[tuple[float, str, int, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self._threads, thread_name_prefix="turborun-fn")
@@ -153,17 +162,42 @@ class _Steps:
         self._loop.call_soon_threadsafe(self._arm, calls)
 
     def _arm(self, calls: list[Call]) -> None:
+        now = self._loop.time()
         for call in calls:
-            self._loop.call_later(
-                call.timeout_s, self._expire, call, (call.custom_id, call.attempt)
-            )
+            due = now + call.timeout_s
+            heapq.heappush(self._deadlines, (due, call.custom_id, call.attempt, call.timeout_s))
+        if len(self._deadlines) > _PRUNE_AT and len(self._deadlines) > 4 * len(self._running):
+            with self._lock:
+                running = set(self._running)
+            self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in running]
+            heapq.heapify(self._deadlines)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        first = self._deadlines[0][0] if self._deadlines else math.inf
+        if first == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, first
+        if first < math.inf:
+            self._timer = self._loop.call_at(first, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self._loop.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, custom_id, attempt, timeout_s = heapq.heappop(self._deadlines)
+            self._expire(custom_id, attempt, timeout_s)
+        self._schedule()
 
     def _run(self, call: Call, key: tuple[str, int], run: Callable[[Call], Outcome]) -> None:
         start = time.perf_counter()
         try:
             outcome = run(call)
         except BaseException as error:  # SystemExit, KeyboardInterrupt, ...: its failure
-            outcome = _step_failure(call, self._scrub(_describe(error)), start)
+            message = self._scrub(_describe(error))
+            outcome = _step_failure(call.custom_id, call.attempt, message, start)
         with self._lock:
             current = self._running.pop(key, None) is not None
             if not current:
@@ -171,10 +205,10 @@ class _Steps:
         if current:
             self._outbox.put(outcome)
 
-    def _expire(self, call: Call, key: tuple[str, int]) -> None:
+    def _expire(self, custom_id: str, attempt: int, timeout_s: float) -> None:
         """On the event loop, at the step's deadline."""
         with self._lock:
-            start = self._running.pop(key, None)
+            start = self._running.pop((custom_id, attempt), None)
             if start is None:
                 return  # it finished in time
             self.stuck += 1
@@ -184,10 +218,10 @@ class _Steps:
             self._recycle_asked = self._recycle_asked or recycle
         old.shutdown(wait=False)  # its other threads finish what they hold, then exit
         message = (
-            f"Python step still running after the {call.timeout_s:g} s timeout (--timeout): "
+            f"Python step still running after the {timeout_s:g} s timeout (--timeout): "
             "failed; its thread cannot be stopped and is left to finish"
         )
-        self._outbox.put(_step_failure(call, message, start))
+        self._outbox.put(_step_failure(custom_id, attempt, message, start))
         if recycle:
             self._outbox.put(Outcome("", RECYCLE_ATTEMPT, None, None, None, None))
 
@@ -202,8 +236,8 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _step_failure(call: Call, message: str, start: float) -> Outcome:
-    return Outcome(call.custom_id, call.attempt, None, FN_ERROR, message, None,
+def _step_failure(custom_id: str, attempt: int, message: str, start: float) -> Outcome:
+    return Outcome(custom_id, attempt, None, FN_ERROR, message, None,
                    latency_s=time.perf_counter() - start, pid=os.getpid())  # fmt: skip
 
 

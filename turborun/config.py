@@ -31,6 +31,7 @@ DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_S = 120.0
 STRATEGIES = ("critical-path", "tokens", "fifo")
+BACKENDS = ("local", "ray")  # where the worker processes run (--backend)
 VIAS = ("live", "batch")  # how API tasks are sent (--via)
 
 
@@ -64,6 +65,7 @@ class Config:
     endpoint_max_in_flight: int | None = None  # a cap for every endpoint
     processes: int = field(default_factory=default_processes)
     strategy: str = "critical-path"
+    backend: str = "local"  # "ray": worker processes as Ray actors (turborun/ray_pool.py)
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout_s: float = DEFAULT_TIMEOUT_S
     checkpoint_dir: Path = Path("checkpoints")
@@ -137,6 +139,7 @@ FLAG_NAMES = {
     "endpoint_max_in_flight": "--endpoint-max-in-flight",
     "processes": "--processes",
     "strategy": "--strategy",
+    "backend": "--backend",
     "rpm": "--rpm",
     "tpm": "--tpm",
     "max_retries": "--max-retries",
@@ -223,6 +226,13 @@ def _window(label: str, raw: Any, where: str = "") -> str:
     return value
 
 
+def _backend(label: str, raw: Any, where: str = "") -> str:
+    value = raw.strip().lower() if isinstance(raw, str) else None
+    if value not in BACKENDS:
+        raise _fail(label, raw, f"is not one of {', '.join(BACKENDS)}", where)
+    return value
+
+
 def _path(label: str, raw: Any, where: str = "") -> Path:
     if not isinstance(raw, str | os.PathLike):
         raise _fail(label, raw, "is not a path", where)
@@ -280,6 +290,7 @@ _SETTINGS: dict[str, tuple[str, _Parser]] = {
     "endpoint_max_in_flight": ("TURBORUN_ENDPOINT_MAX_IN_FLIGHT", _positive_int),
     "processes": ("TURBORUN_PROCESSES", _positive_int),
     "strategy": ("TURBORUN_STRATEGY", _strategy),
+    "backend": ("TURBORUN_BACKEND", _backend),
     "max_retries": ("TURBORUN_MAX_RETRIES", _non_negative_int),
     "timeout_s": ("TURBORUN_TIMEOUT_S", _positive_number),
     "checkpoint_dir": ("TURBORUN_CHECKPOINT_DIR", _path),

@@ -41,6 +41,9 @@ class Call:
     fn: str | None = None  # "package.module:function" for a Python step
     timeout_s: float = 120.0  # the whole attempt, from sending to the last byte
     base_url: str | None = None  # the endpoint to send to; None: the provider's configured one
+    # --backend ray: what a Python step asks Ray for ((name, amount) pairs: num_cpus,
+    # num_gpus, memory); () runs it on the worker processes' threads, like the local backend.
+    resources: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,12 @@ class RunSession:
             base_urls=dict(config.base_urls),
             api_keys=dict(config.api_keys),
         )
-        self.pool = WorkerPool(processes, settings)
+        if config.backend == "ray":  # Ray is imported only when chosen
+            from turborun.ray_pool import RayPool
+
+            self.pool = RayPool(processes, settings)  # type: ignore[assignment]
+        else:
+            self.pool = WorkerPool(processes, settings)
         self.pool.launch()  # the supervisor waits for it when it has work
         sizing = "fixed" if config.workers is not None else f"auto, ceiling {self.target.ceiling}"
         log.info(

@@ -79,6 +79,7 @@ MAX_SHOWN_PROBLEMS = 20  # the command line prints this many problems, then a co
 _FN = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*:[^\W\d]\w*")
 _BOM = b"\xef\xbb\xbf"
 _PRIORITY_HINT = "use an integer or one of critical/high/normal/low"
+RESOURCE_NAMES = ("num_cpus", "num_gpus", "memory")  # a step's "resources" (--backend ray)
 
 
 @dataclass(slots=True)
@@ -103,6 +104,7 @@ class Task:
     body: dict[str, Any] | None = None  # in memory: tasks given from Python
     offset: int = -1  # else: the line's byte offset in the task file
     length: int = 0
+    resources: tuple[tuple[str, float], ...] = ()  # a step's Ray resources (--backend ray)
 
 
 @dataclass(slots=True)
@@ -365,6 +367,7 @@ class _Collector:
         priority = self._priority(obj.get("priority"), line)
         fn = self._fn(obj.get("fn"), line)
         is_api = obj.get("fn") is None  # an invalid fn is still a step: no body needed
+        resources = self._resources(obj.get("resources"), line, is_api)
         body = self._body(obj.get("body"), line, is_api, keep_body)
         model = self._model(body, line) if is_api and body is not None else ""
         refs = template_refs(body) if scan_refs and body is not None else set()
@@ -408,6 +411,7 @@ class _Collector:
             body=body if keep_body else None,
             offset=offset,
             length=length,
+            resources=resources,
         )
         self.tasks.append(task)
 
@@ -503,6 +507,30 @@ class _Collector:
         self.problem(line, f"fn must look like 'package.module:function', got {_show(value)}")
         return None
 
+    # ---- resources: what a Python step asks Ray for (--backend ray) ----
+    def _resources(self, value: Any, line: int, is_api: bool) -> tuple[tuple[str, float], ...]:
+        if value is None:
+            return ()
+        if is_api:
+            self.problem(line, "resources apply to Python steps (fn) only")
+            return ()
+        ok = isinstance(value, Mapping) and all(
+            key in RESOURCE_NAMES
+            and isinstance(amount, int | float)
+            and not isinstance(amount, bool)
+            and 0 <= amount < float("inf")
+            for key, amount in value.items()
+        )
+        if not ok:
+            names = ", ".join(RESOURCE_NAMES)
+            self.problem(
+                line,
+                f"resources must map {names} to non-negative numbers, got {_show(value)}",
+            )
+            return ()
+        return tuple(sorted(value.items()))
+
+    # ---- end resources ----
     def _body(self, value: Any, line: int, required: bool, keep: bool) -> dict[str, Any] | None:
         if value is None:
             if required:

@@ -307,6 +307,28 @@ def test_fifo_output_is_written_in_place(tmp_path: Path, simulator: Simulator) -
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_dev_stdout_is_written_in_place_also_when_redirected_to_a_file(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    tag = uuid.uuid4().hex
+    path = tasks_file(tmp_path, tag)
+    env = cli_env(tmp_path, simulator)
+    piped = run_cli(["batch", str(path), "-o", "/dev/stdout", *RUN], tmp_path, env)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert [orjson.loads(x)["custom_id"] for x in lines[:3]] == ["q0", "q1", "q2"]
+    # the shell's `> out.txt`: the results go into out.txt, followed by the summary
+    out = tmp_path / "out.txt"
+    command = " ".join(turborun_cmd("batch", str(path), "-o", "/dev/stdout", "--fresh", *RUN))
+    shell = subprocess.run(
+        f"{command} > {out}", shell=True, cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert shell.returncode == 0, shell.stderr
+    lines = out.read_text().splitlines()
+    assert [orjson.loads(x)["custom_id"] for x in lines[:3]] == ["q0", "q1", "q2"]
+    assert any("tasks 3: 3 succeeded" in x for x in lines[3:]), "the summary follows"
+
+
 def test_symlinked_output_keeps_the_link_and_replaces_its_target(
     tmp_path: Path, simulator: Simulator
 ) -> None:

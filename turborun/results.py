@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
 import uuid
 from collections.abc import Container, Iterable
@@ -112,7 +113,9 @@ def write_results(
         out.flush()
 
     if _in_place(path):
-        with open(path, "wb", buffering=_WRITE_BUFFER) as out:
+        own = _own_descriptor(path)  # /dev/stdout: share the descriptor's offset
+        fd = os.dup(own) if own is not None else os.open(path, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
             write(out)
         return counts
     target = Path(os.path.realpath(path))  # a symlink keeps pointing at the new file
@@ -173,9 +176,38 @@ def _in_place(path: Path) -> bool:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    if not stat.S_ISREG(mode):
-        return True
-    return os.path.realpath(path).startswith(("/dev/", "/proc/"))
+    return not stat.S_ISREG(mode) or _through_dev(path)
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """N when the path names this process's descriptor N (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``): written through a duplicate of it, the results
+    land where the shell's ``>`` points and what is printed after them follows them
+    (reopening would start again at offset 0 and truncate)."""
+    current = os.path.abspath(path)
+    own = re.compile(rf"/(?:dev|proc/(?:self|{os.getpid()}))/fd/(\d+)")
+    for _ in range(40):
+        found = own.fullmatch(current)
+        if found is not None:
+            return int(found.group(1))
+        if not os.path.islink(current):
+            return None
+        current = os.path.abspath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return None
+
+
+def _through_dev(path: Path) -> bool:
+    """The path, or a symlink on the way to its file, is under /dev or /proc: realpath
+    would resolve /dev/stdout to the file the shell opened, and replacing that file
+    would leave the shell's descriptor on a deleted one."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on symlink hops
+        if current.startswith(("/dev/", "/proc/")):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.abspath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

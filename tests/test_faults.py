@@ -91,6 +91,16 @@ def test_breaker_pause_shows_in_the_progress_line_and_run_log_with_its_reason(si
     assert "requests failed (server_error" in log
 
 
+def test_pauses_reach_the_run_log_without_a_progress_display(simulator, tmp_path):
+    model = f"quiet-{uuid.uuid4().hex[:8]}"
+    tasks = [_task(f"q{i}", model, "[sim:status=500:times=2]") for i in range(12)]
+    config = _config(simulator.openai_base_url, tmp_path, workers=12,
+                     breaker_failures=4, breaker_cooldown_s=0.3)  # fmt: skip
+    result = execute_batch(tasks, config=config, handle_signals=False, checkpoint="run")
+    assert result.success_rate == 1.0
+    assert f"openai/{model}: circuit breaker open: " in _run_log(tmp_path)
+
+
 # ---- a killed worker process is the pool's failure --------------------------------------
 
 

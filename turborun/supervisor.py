@@ -805,11 +805,14 @@ class Supervisor:
     # ---- reporting ------------------------------------------------------------------
 
     def _report_progress(self, now: float, force: bool = False) -> None:
-        if self._on_progress is None or (now < self._next_progress and not force):
+        """Every 0.5 s: log new pauses (with or without a display), then tell the display."""
+        if now < self._next_progress and not force:
             return
         self._next_progress = now + 0.5
         buckets = self.budget.buckets()
         paused = self._pauses(buckets)
+        if self._on_progress is None:
+            return
         limits = [b.tpm for b in buckets if b.tpm]
         self._on_progress(
             Progress(

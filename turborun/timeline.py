@@ -30,6 +30,7 @@ report covers every attempt; ``--fresh`` starts it again.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -168,7 +169,13 @@ class Timeline:
         # One write per line on an O_APPEND file: a reader never sees half a line except
         # at the very end, which read_timeline skips.
         if self._fd is not None:
-            os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            try:
+                os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            except OSError as exc:  # a full disk must not end the run: no more samples
+                logging.getLogger("turborun").warning(
+                    "timeline stopped: cannot write %s (%s)", self.path, exc.strerror or exc
+                )
+                self.close()
 
 
 def _limit(value: float | None) -> float | None:

@@ -27,6 +27,9 @@ import pytest
 from conftest import journaled
 from test_cli import cli_env, results, run_cli, sent, task, turborun_cmd, write_tasks
 
+from turborun import Runner
+from turborun.config import Config
+from turborun.exceptions import JournalWriteError
 from turborun.simulator import Simulator
 
 RUN = ["--workers", "4", "--no-progress"]
@@ -406,6 +409,30 @@ def test_full_disk_stops_with_one_line_exit_4_and_resume_resends_only_what_was_i
     assert set(second) == {f"q{i:02d}" for i in range(count)} - done_before
     assert first & set(second) == in_flight, "re-sent: exactly what was in flight"
     assert [x["turborun"]["status"] for x in results(out)] == ["succeeded"] * count
+
+
+def test_runner_futures_fail_with_the_journal_error_when_the_disk_fills(
+    tmp_path: Path, simulator: Simulator, small_fs: Path
+) -> None:
+    tag = uuid.uuid4().hex
+    config = Config(
+        checkpoint_dir=small_fs,
+        base_urls={"openai": simulator.openai_base_url, "groq": simulator.base_url},
+        api_keys={"openai": "sk-test", "groq": "gsk-test"},
+        workers=2,
+        processes=1,
+        progress=False,
+    )
+    with Runner(config=config, checkpoint="runner") as run:
+        assert run.submit(task(tag, "before")).result(timeout=60).ok
+        filler = fill(small_fs)
+        later = [run.submit(task(tag, f"after{i}")) for i in range(4)]
+        for future in later:
+            with pytest.raises(JournalWriteError) as failed:
+                future.result(timeout=60)
+            assert failed.value.disk_full and str(small_fs / "runner") in str(failed.value)
+    filler.unlink()
+    assert set(journaled(small_fs / "runner")) == {"before"}
 
 
 # ---- files beside the checkpoints ------------------------------------------------------

@@ -266,7 +266,8 @@ def _run(
         )
         _try_write_meta(checkpoint, meta)
         folder = checkpoint.folder
-        report_path = _write_report(folder, journal, taskset)
+        private = session._tmp is not None  # noqa: SLF001 - a checkpoint that is not kept
+        report_path = None if private else _write_report(folder, journal, taskset)
     keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
     return BatchResult(
         results=_JournalResults(folder, ids, supervisor.resumed, keep),
@@ -299,7 +300,8 @@ def _start_timeline(folder: Path, supervisor: Supervisor, *, fresh: bool) -> Tim
 
 def _write_report(folder: Path, journal: Journal, taskset: TaskSet) -> Path | None:
     """report.html and report.json in the checkpoint folder (turborun/report/); a report
-    that cannot be made is logged and never fails the run."""
+    that cannot be made is logged and never fails the run. Not for a private temporary
+    checkpoint (Python API without a checkpoint name): nothing of it is left to read."""
     from turborun.report import write_report
 
     tasks = [
@@ -447,15 +449,24 @@ class Runner:
         return self
 
     def _loop(self) -> None:
-        assert self._supervisor is not None
+        assert self._supervisor is not None and self._session is not None
         try:
             self.metrics = self._supervisor.run()
         except BaseException as exc:  # surfaces in every pending future
             self._error = exc
-            with self._lock:
-                for future in self._futures.values():
-                    if not future.done():
-                        future.set_exception(exc)
+            self._fail_pending(exc)
+            return
+        checkpoint = self._session.checkpoint
+        failed = checkpoint.journal.write_error if checkpoint is not None else None
+        if failed is not None:  # stopped by a journal that cannot be written
+            self._error = failed
+            self._fail_pending(failed)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        with self._lock:
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(exc)
 
     def submit(
         self, task: Mapping[str, Any], depends_on: Sequence[Future[Result] | str] = ()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from turborun.config import STRATEGIES, VIAS, load_config
+from turborun.config import BACKENDS, STRATEGIES, VIAS, load_config
 from turborun.exceptions import InputError, TurborunError
 from turborun.metrics import summary_table
 
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--processes", type=int, help="worker processes (default min(8, CPUs))")
     batch.add_argument("--strategy", choices=STRATEGIES, help="ready-queue order")
+    batch.add_argument(
+        "--backend", choices=BACKENDS, help="worker processes: local (default) or Ray actors"
+    )
     batch.add_argument("--rpm", type=float, help="requests per minute, every model")
     batch.add_argument("--tpm", type=float, help="tokens per minute, every model")
     batch.add_argument("--max-retries", type=int, help="retries after the first attempt")
@@ -127,6 +130,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "endpoint_max_in_flight": args.endpoint_max_in_flight,
         "processes": args.processes,
         "strategy": args.strategy,
+        "backend": args.backend,
         "rpm": args.rpm,
         "tpm": args.tpm,
         "max_retries": args.max_retries,

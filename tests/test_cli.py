@@ -281,6 +281,13 @@ BATCH_FLAGS = [
     "--timeout",
     "--simulate",
     "--no-progress",
+    "--via",
+    "--batch-max-lines",
+    "--batch-max-bytes",
+    "--batch-poll",
+    "--batch-window",
+    "--cancel-on-interrupt",
+    "--flex-fallback",
 ]
 
 

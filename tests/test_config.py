@@ -248,6 +248,12 @@ def test_env_example_lists_every_variable_with_a_comment() -> None:
         "TURBORUN_MAX_RETRIES",
         "TURBORUN_TIMEOUT_S",
         "TURBORUN_CHECKPOINT_DIR",
+        "TURBORUN_VIA",
+        "TURBORUN_BATCH_MAX_LINES",
+        "TURBORUN_BATCH_MAX_BYTES",
+        "TURBORUN_BATCH_POLL_S",
+        "TURBORUN_BATCH_WINDOW",
+        "TURBORUN_FLEX_FALLBACK",
     ]
     for variable in variables:
         assert re.search(rf"(?m)^# {variable}=", text), variable

@@ -163,8 +163,16 @@ class Chromium:
 
     # ---- pages ----------------------------------------------------------------------------
 
-    def check(self, path: Path, *, width: int = 1200, screenshot: Path | None = None) -> PageCheck:
-        """Load ``path``, wait for its load event and a moment after, and report."""
+    def check(
+        self,
+        path: Path,
+        *,
+        width: int = 1200,
+        screenshot: Path | None = None,
+        height: int | None = None,
+    ) -> PageCheck:
+        """Load ``path``, wait for its load event and a moment after, and report;
+        ``screenshot``: a PNG of the whole page (of its top ``height`` px if given)."""
         url = Path(path).resolve().as_uri()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
@@ -186,7 +194,7 @@ class Chromium:
         check.metrics = orjson.loads(self._evaluate(_METRICS_JS, session))
         check.text = self._evaluate("document.body ? document.body.innerText : ''", session)
         if screenshot is not None:
-            self._screenshot(session, width, Path(screenshot))
+            self._screenshot(session, width, height, Path(screenshot))
         self._collect(check, self.events[first:], session)
         self.call("Target.closeTarget", {"targetId": target})
         return check
@@ -208,9 +216,9 @@ class Chromium:
             raise RuntimeError(f"evaluate failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def _screenshot(self, session: str, width: int, out: Path) -> None:
+    def _screenshot(self, session: str, width: int, height: int | None, out: Path) -> None:
         size = self.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
-        height = int(min(size["height"], 16000))
+        height = int(min(size["height"], height or 16000))
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
                   session)  # fmt: skip
@@ -265,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("page", type=Path)
     parser.add_argument("--screenshot", type=Path)
     parser.add_argument("--width", type=int, default=1200)
+    parser.add_argument("--height", type=int, help="screenshot the top HEIGHT px only")
     args = parser.parse_args(argv)
     with Chromium() as browser:
-        check = browser.check(args.page, width=args.width, screenshot=args.screenshot)
+        check = browser.check(
+            args.page, width=args.width, screenshot=args.screenshot, height=args.height
+        )
     print(f"loaded: {check.loaded} in {check.load_s:.2f} s")
     print(f"console errors: {check.console_errors or 'none'}")
     print(f"exceptions: {check.exceptions or 'none'}")

@@ -262,6 +262,9 @@ class BatchDriver:
         if not steps:
             return
         self.ready = [n for n in self.ready if self.tasks[n].provider != FN_PROVIDER]
+        for node in steps:
+            task = self.tasks[node]
+            self._stats_for(task.provider, task.model or task.fn or "").requests += 1
         entries = [(node, self._step_entry(node)) for node in steps]
         self._finish(entries)
 
@@ -473,7 +476,10 @@ class BatchDriver:
             if custom_id in journaled and custom_id not in self.resumed:
                 entry = self.journal.get(custom_id) or {}
                 if entry.get("fingerprint") == self.tasks[node].fingerprint:
-                    self._mark_done(node, entry.get("status", FAILED))
+                    earlier = entry.get("status", FAILED)
+                    self._mark_done(node, earlier)
+                    if earlier != SUCCEEDED:  # its dependents' skips may not be journaled
+                        self._finish(self._skip_descendants(node, custom_id))
                     continue
             line = found.get(custom_id)
             if line is None:

@@ -2,11 +2,14 @@
 
 Phases, each in a fresh process:
 
-* run     execute_batch of TASKS tasks against the simulator (two models at a
-          configured 60,000 RPM each, 50 ms ± 50 % latency, 0.2 % random 500s that are
-          retried, 0.1 % of tasks refused with a 400, and a DAG part: every 100th task
-          summarises the 10 tasks before it). The run writes its own report at its end.
-          Skipped with --reuse when the checkpoint is there.
+* run     execute_batch of TASKS tasks against the simulator: two models configured at
+          60,000 RPM, one of which (a twentieth of the tasks) the simulator limits to
+          6,000 RPM (429s, learned from their message, slow it down); 50 ms ± 50 %
+          latency; 0.2 % random 500s that are retried; 0.1 % of tasks refused with a
+          400; a DAG part (every 100th task summarises the 10 before it); at most 2,048
+          in flight (on 2 cores a larger pool only queues in the simulator). The run
+          writes its own report at its end. Skipped with --reuse when the checkpoint is
+          there.
 * report  write_report on the finished checkpoint, as ``python -m turborun report``
           does: wall time (target <= 5 s) and peak RSS above the RSS before the call
           (target <= 300 MiB; matplotlib's import is inside both), page and JSON size
@@ -38,12 +41,13 @@ sys.path.insert(0, str(ROOT))
 RUN = "bench-report"
 MODELS = ("gpt-4o-mini", "gpt-4.1-nano")
 RPM = 60_000
+SIM_RPM = 6_000  # what the simulator allows the second model
 
 
 def _write_tasks(path: Path, count: int) -> None:
     with open(path, "wb", buffering=1 << 20) as file:
         for i in range(count):
-            model = MODELS[i % 7 == 0]
+            model = MODELS[i % 20 == 0]
             text = f"question number {i}: say hi"
             task: dict[str, Any] = {"custom_id": f"q{i}"}
             if i % 100 == 99:  # a summary of the ten tasks before it
@@ -75,8 +79,9 @@ def _phase_run(work: Path, tasks: int) -> dict[str, Any]:
 
     path = work / "tasks.jsonl"
     _write_tasks(path, tasks)
+    limits = {MODELS[1]: (SIM_RPM, None)}
     with Simulator(latency_s=0.05, latency_jitter=0.5, latency_per_token_s=0.0,
-                   error_rate=0.002, seed=7) as sim:  # fmt: skip
+                   error_rate=0.002, seed=7, limits=limits) as sim:  # fmt: skip
         os.environ.update(
             OPENAI_BASE_URL=sim.openai_base_url,
             GROQ_BASE_URL=sim.base_url,
@@ -92,6 +97,7 @@ def _phase_run(work: Path, tasks: int) -> dict[str, Any]:
             handle_signals=False,
             checkpoint_dir=str(work / "checkpoints"),
             rpm=RPM,
+            max_in_flight=2048,
         )
         wall_s = time.perf_counter() - started
     m = result.metrics

@@ -268,3 +268,22 @@ def test_timeline_interval_doubles_so_long_runs_stay_bounded(tmp_path):
     assert len(samples) == pytest.approx(expected, abs=2)  # 9,000, not 18,000
     assert samples[0]["dt"] == FIRST_INTERVAL_S and samples[-1]["dt"] == 4 * FIRST_INTERVAL_S
     assert [r["kind"] for r in read_timeline(tmp_path)][::9001] == ["start", "end"]
+
+
+def test_runner_leaves_a_report_of_what_was_submitted(simulator, tmp_path, monkeypatch):
+    from turborun import Runner, TaskFailed
+
+    for key, value in _env(tmp_path, simulator).items():
+        monkeypatch.setenv(key, value)
+    tag = uuid.uuid4().hex
+    with Runner(checkpoint="submitted", workers=4, processes=1) as run:
+        first = run.submit(_task("a", "x", tag))
+        second = run.submit(_task("b", "[sim:status=400]", tag), depends_on=[first])
+        assert first.result().ok
+        with pytest.raises(TaskFailed):
+            second.result()
+    assert run.report_path == tmp_path / "checkpoints" / "submitted" / "report.html"
+    report = json.loads(run.report_path.with_name("report.json").read_text())
+    assert report["state"] == "finished"
+    assert (report["totals"]["succeeded"], report["totals"]["failed"]) == (1, 1)
+    assert report["critical_path"]["custom_ids"] == ["a", "b"]

@@ -267,7 +267,7 @@ def _run(
         _try_write_meta(checkpoint, meta)
         folder = checkpoint.folder
         private = session._tmp is not None  # noqa: SLF001 - a checkpoint that is not kept
-        report_path = None if private else _write_report(folder, journal, taskset)
+        report_path = None if private else _write_report(folder, journal, taskset.tasks)
     keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
     return BatchResult(
         results=_JournalResults(folder, ids, supervisor.resumed, keep),
@@ -298,18 +298,17 @@ def _start_timeline(folder: Path, supervisor: Supervisor, *, fresh: bool) -> Tim
     return timeline
 
 
-def _write_report(folder: Path, journal: Journal, taskset: TaskSet) -> Path | None:
+def _write_report(folder: Path, journal: Journal, tasks: Iterable[Task]) -> Path | None:
     """report.html and report.json in the checkpoint folder (turborun/report/); a report
     that cannot be made is logged and never fails the run. Not for a private temporary
     checkpoint (Python API without a checkpoint name): nothing of it is left to read."""
     from turborun.report import write_report
 
-    tasks = [
-        (t.custom_id, tuple(t.depends_on), f"{t.provider}/{t.model or t.fn or ''}")
-        for t in taskset.tasks
+    infos = [
+        (t.custom_id, tuple(t.depends_on), f"{t.provider}/{t.model or t.fn or ''}") for t in tasks
     ]
     try:
-        files = write_report(folder, journal=journal, tasks=tasks)
+        files = write_report(folder, journal=journal, tasks=infos)
     except OSError as exc:  # a full or read-only disk: said in one line, no traceback
         log.warning("could not write the run's report: %s", exc.strerror or exc)
         return None
@@ -430,6 +429,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.metrics: Metrics | None = None
+        self.report_path: Path | None = None  # report.html, once the runner has exited
 
     def __enter__(self) -> Runner:
         providers = {"openai", "groq"} if self._config.simulate else set()
@@ -444,6 +444,10 @@ class Runner:
         self._session.__enter__()
         self._supervisor = self._session.supervisor(lambda t: t.body or {}, self._on_done)
         self._supervisor.keep_accepting(True)
+        assert self._session.checkpoint is not None
+        self._timeline = _start_timeline(
+            self._session.checkpoint.folder, self._supervisor, fresh=not self._resume
+        )
         self._thread = threading.Thread(target=self._loop, name="turborun-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -537,8 +541,21 @@ class Runner:
         self._supervisor.keep_accepting(False)
         if self._thread is not None:
             self._thread.join()
+        self._end_run()
         self._session.close()
         self._session.cleanup_tmp()
+
+    def _end_run(self) -> None:
+        """The timeline's last record and the run's report (as execute_batch's)."""
+        assert self._session is not None and self._supervisor is not None
+        if self.metrics is not None:
+            self._timeline.end(state=_state(self.metrics), pending=self.metrics.pending)
+        self._timeline.close()
+        checkpoint = self._session.checkpoint
+        private = self._session._tmp is not None  # noqa: SLF001 - a checkpoint not kept
+        if checkpoint is not None and not private:
+            tasks = self._supervisor.tasks
+            self.report_path = _write_report(checkpoint.folder, checkpoint.journal, tasks)
 
 
 def _dep_id(dep: Future[Result] | str) -> str:

@@ -10,7 +10,7 @@ to ``timeline.jsonl`` in the checkpoint folder.
 Bounded for million-task runs: the first ``SAMPLES_PER_LEVEL`` samples of a run are one
 ``FIRST_INTERVAL_S`` apart, the next as many two apart, then four, ... so a run of
 duration D writes about SAMPLES_PER_LEVEL × log2(D / SAMPLES_PER_LEVEL) lines (a week:
-~29,000 lines, ~6 MB) and the report reads them in well under a second. Counters are
+~26,000 lines, ~6 MB) and the report reads them in well under a second. Counters are
 deltas over the sample's interval; gauges are the values at its end.
 
 Lines (``t``: wall time, s since the epoch, as the journal's ``finished_at``)::

@@ -87,8 +87,9 @@ def run_via_batch(
         )
         pricing = Pricing.load(Pricing.default_paths(Path.cwd()))
         say = _sayer(progress is not None and config.progress)
+        snapshots = progress if callable(progress) else None
         driver = BatchDriver(taskset, journal, registry, clients, pricing, settings, previous,
-                             say=say)  # fmt: skip
+                             say=say, on_progress=snapshots)  # fmt: skip
         meta = _meta(taskset, run_name, "running")
         checkpoint.write_meta(meta)
         restore = _install_signals(driver, handle_signals)

@@ -51,6 +51,7 @@ from turborun.entries import (
 from turborun.metrics import Metrics, ModelStats
 from turborun.pricing import Pricing
 from turborun.records import FN_ERROR, FN_PROVIDER
+from turborun.supervisor import Progress
 from turborun.tasks import TaskSet
 from turborun.templates import render_body
 
@@ -96,6 +97,7 @@ class BatchDriver:
         previous: dict[str, tuple[str, str]],
         *,
         say: Callable[[str], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tasks = taskset.tasks
@@ -107,6 +109,8 @@ class BatchDriver:
         self.settings = settings
         self.clock = clock
         self._say = say or (lambda message: None)
+        self._on_progress = on_progress
+        self._next_progress = 0.0
         self.stop = threading.Event()
         self.index = {t.custom_id: i for i, t in enumerate(self.tasks)}
         n = len(self.tasks)
@@ -210,6 +214,7 @@ class BatchDriver:
                 self._submit_ready()
                 self._advance_intents()
                 self._poll_due()
+                self._report()
                 if self._done >= len(self.tasks):
                     break
                 if not self.ready and not self._active:
@@ -218,7 +223,22 @@ class BatchDriver:
                 self.stop.wait(self._wait_s())
         finally:
             self._close_metrics()
+            self._report(force=True)
         return self.metrics
+
+    def _report(self, force: bool = False) -> None:
+        """A Progress snapshot (at most every 0.5 s): in flight = lines at the provider."""
+        now = self.clock()
+        if self._on_progress is None or (now < self._next_progress and not force):
+            return
+        self._next_progress = now + 0.5
+        out = sum(r["lines"] for r in self._active.values())
+        m = self.metrics
+        self._on_progress(
+            Progress(done=self._done, total=len(self.tasks), failed=m.failed,
+                     retrying=len(self.ready), rate_limited=m.rate_limited, tokens_per_min=0,
+                     tpm_limit=None, cost_usd=m.cost_usd, in_flight=out, target=out)
+        )  # fmt: skip
 
     def _wait_s(self) -> float:
         if self.ready:

@@ -149,13 +149,12 @@ def _check_registry(registry: Registry, folder: Path, *, resume: bool, fresh: bo
     """Batches of an earlier run still at the provider: only --resume may go on
     (collecting them); --fresh abandons them (they run on, and are billed)."""
     active = registry.active()
-    if not active:
-        return
     if fresh:
-        ids = ", ".join(str(r.get("batch_id") or r["marker"]) for r in active[:5])
-        log.warning("--fresh abandons %d batch(es) of the earlier run: %s", len(active), ids)
+        if active:
+            ids = ", ".join(str(r.get("batch_id") or r["marker"]) for r in active[:5])
+            log.warning("--fresh abandons %d batch(es) of the earlier run: %s", len(active), ids)
         registry.clear()
-    elif not resume:
+    elif active and not resume:
         raise CheckpointError(
             f"checkpoint {folder} has {len(active)} batch(es) at the provider; use --resume "
             "to collect them or --fresh to abandon them"

@@ -39,7 +39,6 @@ from turborun.batches.lines import (
     parse_lines,
 )
 from turborun.batches.registry import COLLECTED, INTENT, SUBMITTED, Registry
-from turborun.checkpoint import Journal
 from turborun.entries import (
     DEPENDENCY_FAILED,
     FAILED,
@@ -48,6 +47,7 @@ from turborun.entries import (
     failure_entry,
     outcome_entry,
 )
+from turborun.journal import Journal
 from turborun.metrics import Metrics, ModelStats
 from turborun.pricing import Pricing
 from turborun.records import FN_ERROR, FN_PROVIDER

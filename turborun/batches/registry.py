@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from turborun.checkpoint import Journal
+from turborun.journal import Journal
 
 REGISTRY_DIR = "batches"
 INTENT = "intent"

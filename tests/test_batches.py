@@ -258,6 +258,29 @@ def test_kill_9_while_polling_then_resume_creates_no_batch_twice(tmp_path: Path)
     assert all(line["turborun"]["status"] == "succeeded" for line in lines)
 
 
+def test_a_task_edited_while_its_batch_is_out_is_sent_again(tmp_path: Path) -> None:
+    tasks = [_task(f"t{i}", f"q {i}") for i in range(20)]
+    _write(tmp_path / "tasks.jsonl", tasks)
+    args = ["tasks.jsonl", "--via", "batch", "--batch-poll", "0.05", "--no-progress"]
+    with Simulator(batches={"latency_s": 1.5}) as sim:
+        env = _env(sim, tmp_path)
+        run = _cli(args, env, tmp_path)
+        _wait_for_batches(tmp_path / "checkpoints" / "tasks", 1)
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+        tasks[3] = _task("t3", "edited")
+        _write(tmp_path / "tasks.jsonl", tasks)
+        again = _cli([*args, "--resume"], env, tmp_path)
+        _, err = again.communicate(timeout=60)
+        batches = _batches(sim)
+        second = _input_ids(sim, batches[1]) if len(batches) > 1 else []
+    assert again.returncode == 0, err.decode()
+    assert len(batches) == 2 and second == ["t3"]
+    lines = {line["custom_id"]: line for line in _results(tmp_path / "tasks.results.jsonl")}
+    assert lines["t3"]["response"]["body"]["choices"][0]["message"]["content"] == "echo: edited"
+    assert lines["t4"]["turborun"]["endpoint"] == f"batch:{batches[0].id}"
+
+
 def test_resume_adopts_a_batch_created_but_not_journaled(tmp_path: Path) -> None:
     """The window between batches.create and journaling its id: the intent is on disk,
     the batch exists at the provider, its id is not. --resume finds it by its marker."""

@@ -65,6 +65,7 @@ DEFAULT_MAX_BYTES = {"openai": 200 * 1024 * 1024, "groq": 100 * 1024 * 1024}
 POLL_GROWTH = 1.5
 POLL_MAX_FACTOR = 60.0
 POLL_CAP_S = 600.0
+FINGERPRINT_CHARS = 16  # of each task's fingerprint kept in its batch's record
 RETRY_SUBMIT_S = 5.0  # an intent whose upload or create failed is tried again after this
 
 _PENDING, _QUEUED, _IN_BATCH, _DONE = 0, 1, 2, 3
@@ -132,6 +133,7 @@ class BatchDriver:
         self._lookup_first: set[str] = set()  # markers whose batch may exist already
         self._submitted_at: dict[str, float] = {}
         self._active: dict[str, dict[str, Any]] = {}
+        self._batch_of: dict[int, str] = {}  # node in a batch at the provider -> its marker
         self._done = 0
         self._started = clock()
         self._resume(previous)
@@ -164,10 +166,16 @@ class BatchDriver:
                 continue
             self._active[record["marker"]] = record
             self._lookup_first.add(record["marker"])
-            for custom_id in record["custom_ids"]:
+            prints = record.get("fingerprints") or []
+            for at, custom_id in enumerate(record["custom_ids"]):
                 node = self.index.get(custom_id)
-                if node is not None and custom_id not in self.resumed:
-                    self.state[node] = _IN_BATCH
+                if node is None or custom_id in self.resumed:
+                    continue
+                sent = prints[at] if at < len(prints) else None
+                if sent is not None and sent != self.tasks[node].fingerprint[:FINGERPRINT_CHARS]:
+                    continue  # edited since its batch went out: its answer there is stale
+                self.state[node] = _IN_BATCH
+                self._batch_of[node] = record["marker"]
         for custom_id in self.resumed:
             node = self.index[custom_id]
             self.state[node] = _DONE
@@ -352,10 +360,12 @@ class BatchDriver:
         self, provider: str, model: str, url: str, nodes: list[int], lines: list[bytes]
     ) -> None:
         ids = [self.tasks[n].custom_id for n in nodes]
+        prints = [self.tasks[n].fingerprint[:FINGERPRINT_CHARS] for n in nodes]
         data = b"".join(lines)
-        record = self.registry.new_intent(provider, model, url, ids, len(data))
+        record = self.registry.new_intent(provider, model, url, ids, len(data), prints)
         for node in nodes:
             self.state[node] = _IN_BATCH
+            self._batch_of[node] = record["marker"]
             self.attempts[node] += 1
         self._active[record["marker"]] = record
         self._stats_for(provider, model).requests += len(nodes)
@@ -421,7 +431,7 @@ class BatchDriver:
         entries = []
         for custom_id in record["custom_ids"]:
             node = self.index.get(custom_id)
-            if node is not None and self.state[node] == _IN_BATCH:
+            if node is not None and self._batch_of.get(node) == record["marker"]:
                 entries.append((node, failure_entry(self.tasks[node], "client_error",
                                                     f"batch refused: {exc}",
                                                     attempts=self.attempts[node])))  # fmt: skip
@@ -491,7 +501,7 @@ class BatchDriver:
         failed_batch = _batch_errors(batch) if status == "failed" else None
         for custom_id in record["custom_ids"]:
             node = self.index.get(custom_id)
-            if node is None or self.state[node] != _IN_BATCH:
+            if node is None or self._batch_of.get(node) != record["marker"]:
                 continue
             if custom_id in journaled and custom_id not in self.resumed:
                 entry = self.journal.get(custom_id) or {}

@@ -3,7 +3,8 @@
 Folder ``<checkpoint>/batches/``: a diskcache opened like the journal (no eviction, WAL,
 every value in SQLite), key = the batch's intent marker, value = its record::
 
-    {"marker", "seq", "provider", "model", "url", "custom_ids": [...], "lines", "bytes",
+    {"marker", "seq", "provider", "model", "url", "custom_ids": [...], "fingerprints": [...],
+     "lines", "bytes",
      "state": "intent" | "submitted" | "collected",
      "file_id", "batch_id", "status", "counts", "cancel_requested", "created_at"}
 
@@ -58,9 +59,17 @@ class Registry:
         return [r for r in self.records() if r["state"] != COLLECTED]
 
     def new_intent(
-        self, provider: str, model: str, url: str, custom_ids: list[str], size: int
+        self,
+        provider: str,
+        model: str,
+        url: str,
+        custom_ids: list[str],
+        size: int,
+        fingerprints: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Write the intent of one batch (before its file is uploaded) and return it."""
+        """Write the intent of one batch (before its file is uploaded) and return it.
+        ``fingerprints``: a prefix of each task's fingerprint, so a resume knows which
+        tasks were edited since their batch went out."""
         seq = int(self._run["next_seq"])
         self._run = {**self._run, "next_seq": seq + 1}
         record = {
@@ -71,6 +80,7 @@ class Registry:
             "model": model,
             "url": url,
             "custom_ids": custom_ids,
+            "fingerprints": fingerprints or [],
             "lines": len(custom_ids),
             "bytes": size,
             "state": INTENT,

@@ -314,6 +314,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="error bodies quote the request's Authorization header (a key-leak test)",
     )
+    add("--batch-latency", type=float, default=1.0, help="real seconds a batch takes")
+    add("--batch-time-scale", type=float, default=8640.0,
+        help="simulated seconds per real second in batch timestamps")  # fmt: skip
+    add("--batch-expire-fraction", type=float, default=None,
+        help="batches expire once this fraction of their lines is done")  # fmt: skip
+    add("--batch-expire-count", type=int, default=None,
+        help="with --batch-expire-fraction: only the first N batches expire")  # fmt: skip
+    add("--batch-error-rate", type=float, default=0.0, help="batch lines that fail with 500")
+    add("--flex-capacity-rate", type=float, default=0.0,
+        help="flex requests refused with a capacity error (429 / Groq 498)")  # fmt: skip
     add("--seed", type=int, default=0)
     add("--log", default=None, help="append one JSON line per request here")
     add("--config-json", default=None, help=argparse.SUPPRESS)
@@ -340,6 +350,14 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
         log_path=args.log,
         host=args.host,
         port=args.port,
+        batches={
+            "latency_s": args.batch_latency,
+            "time_scale": args.batch_time_scale,
+            "expire_fraction": args.batch_expire_fraction,
+            "expire_count": args.batch_expire_count,
+            "error_rate": args.batch_error_rate,
+        },
+        flex_capacity_rate=args.flex_capacity_rate,
         echo_auth=args.echo_auth,
     )
 

@@ -11,12 +11,15 @@ in one page never collide.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
 import re
 from typing import Any
 
 from turborun.report.collect import FAILED, STATUS_CODES, RunData, critical_path
+
+log = logging.getLogger("turborun")
 
 GANTT_ALL = 3000  # nodes drawn one by one up to this many; a sample beyond
 GANTT_SAMPLE = 2000
@@ -59,13 +62,20 @@ def render_charts(data: RunData) -> list[Chart]:
     builders = [_rate_charts, _in_flight_chart, _latency_chart, _dag_chart, _cost_chart]
     with rc_context(_STYLE):
         for builder in builders:
-            for name, title, figure in builder(data):
-                buffer = io.BytesIO()
-                with rc_context({"svg.hashsalt": f"turborun-{name}"}):
-                    figure.savefig(buffer, format="svg", metadata={"Date": None})
-                svg = _SVG_PROLOGUE.sub(b"", buffer.getvalue(), count=1).decode("utf-8")
-                charts.append((name, title, svg))
+            try:
+                charts += [(name, title, _svg(name, fig)) for name, title, fig in builder(data)]
+            except Exception:  # one chart's odd data must not cost the page
+                log.exception("report: chart %s failed", builder.__name__.lstrip("_"))
     return charts
+
+
+def _svg(name: str, figure: Any) -> str:
+    from matplotlib import rc_context
+
+    buffer = io.BytesIO()
+    with rc_context({"svg.hashsalt": f"turborun-{name}"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return _SVG_PROLOGUE.sub(b"", buffer.getvalue(), count=1).decode("utf-8")
 
 
 def _figure(height_in: float, rows: int = 1, left_in: float = 0.85) -> Any:

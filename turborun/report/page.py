@@ -35,7 +35,8 @@ figure.chart{background:#fff;border:1px solid #e1e4ea;border-radius:8px;margin:0
  padding:8px}
 figure.chart figcaption{font-weight:600;margin:2px 6px 4px}
 figure.chart svg{width:100%;height:auto;display:block}
-table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
+.wide{overflow-x:auto}
+table{border-collapse:collapse;background:#fff;width:100%;font-size:12.5px}
 th,td{border:1px solid #e1e4ea;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ids{font-family:ui-monospace,Menlo,monospace;font-size:12px;color:#3c4657}
@@ -110,7 +111,8 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
             for i, cell in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wide">{table}</div>'  # scrolls sideways rather than being cut
 
 
 # ---- sections --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ task file when it still exists), so ``python -m turborun report RUN`` makes it a
 time, also while the run goes on (nothing takes the run's lock). The run makes it at its
 end, interrupted or not.
 
-    collect.py   checkpoint folder -> RunData
+    collect.py   checkpoint folder -> RunData (series.py: attempts, timeline columns)
     summary.py   RunData -> report.json's dict
     charts.py    RunData -> SVG charts (matplotlib, optional: turborun[report])
     page.py      report dict + charts -> the page

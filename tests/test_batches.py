@@ -312,6 +312,29 @@ def test_resume_adopts_a_batch_created_but_not_journaled(tmp_path: Path) -> None
     assert {line["turborun"]["endpoint"] for line in lines} == {f"batch:{created['id']}"}
 
 
+def test_a_batch_the_provider_does_not_know_is_sent_again(tmp_path: Path) -> None:
+    """A journaled batch id the provider answers 404 for (deleted, another server): its
+    tasks go out again in a new batch instead of being polled forever."""
+    tasks = [_task(f"t{i}", f"q {i}") for i in range(4)]
+    path = _write(tmp_path / "tasks.jsonl", tasks)
+    with Simulator(batches={"latency_s": 0.2}) as sim:
+        config = _config(sim, tmp_path)
+        folder = config.checkpoint_dir / "gone"
+        (folder / "journal").mkdir(parents=True)
+        registry = Registry(folder)
+        ids = [t["custom_id"] for t in tasks]
+        intent = registry.new_intent("openai", MODEL, "/v1/chat/completions", ids, 0)
+        registry.update(intent, state="submitted", batch_id="batch_gone")
+        registry.close()
+        result = execute_batch(path, checkpoint="gone", resume=True, config=config)
+        batches = _batches(sim)
+        sent = _input_ids(sim, batches[0])
+    assert len(batches) == 1 and sorted(sent) == ids
+    assert result.metrics.succeeded == 4
+    lines = _results(tmp_path / "tasks.results.jsonl")
+    assert all(line["turborun"]["attempts"] == 1 for line in lines)
+
+
 @pytest.mark.parametrize("cancel", [False, True], ids=["detach", "cancel"])
 def test_ctrl_c_detaches_or_cancels_and_resume_collects(tmp_path: Path, cancel: bool) -> None:
     tasks = [_task(f"t{i}", f"q {i}") for i in range(50)]

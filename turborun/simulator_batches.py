@@ -45,6 +45,7 @@ This module imports nothing of turborun but the simulator's answer helpers.
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,7 +145,9 @@ class SimBatches:
         self.receipts: dict[int, int] = {}
         self._epoch_wall = time.time()
         self._epoch = clock()
-        self._ids = random.Random(seed + 11)
+        # Ids differ between simulator processes (a batch id of an earlier simulator must
+        # not name another batch in this one: a resume would collect the wrong lines).
+        self._ids = random.Random(secrets.randbits(64))
 
     # ---- routing -----------------------------------------------------------------
 

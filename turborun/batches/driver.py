@@ -460,6 +460,9 @@ class BatchDriver:
             try:
                 batch = self.clients[record["provider"]].retrieve(record["batch_id"])
             except BatchAPIError as exc:
+                if exc.status == 404:
+                    self._vanished(record)
+                    continue
                 log.warning("polling batch %s failed: %s", record["batch_id"], exc)
                 self._schedule_poll(record)
                 continue
@@ -478,6 +481,14 @@ class BatchDriver:
                 self._collect(record, batch)
             else:
                 self._schedule_poll(record)
+
+    def _vanished(self, record: dict[str, Any]) -> None:
+        """The provider knows no such batch (deleted, another account or server): it will
+        answer nothing, so its tasks are sent again, without counting an attempt."""
+        log.warning("batch %s is unknown to the provider; its %d tasks are sent again",
+                    record["batch_id"], record["lines"])  # fmt: skip
+        self._next_poll.pop(record["marker"], None)
+        self._collect(record, {"id": record["batch_id"], "status": "not_found"})
 
     def _collect(self, record: dict[str, Any], batch: dict[str, Any]) -> None:
         """Download the output and error files, journal every line by custom_id in one

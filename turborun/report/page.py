@@ -23,7 +23,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .state{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600;
  font-size:13px;margin-left:8px;vertical-align:middle}
 .state-finished{background:#dff3e4;color:#17602c}.state-running{background:#e3edfb;color:#1b4f9c}
-.state-interrupted,.state-killed{background:#fde5e2;color:#9b1c10}
+.state-interrupted,.state-killed,.state-stopped{background:#fde5e2;color:#9b1c10}
 .banner{background:#fff4e0;border:1px solid #f0c36d;border-radius:6px;padding:10px 14px;
  margin:14px 0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;
@@ -139,6 +139,8 @@ def _banner(report: dict[str, Any]) -> str:
         why = "The run's process ended without finishing (killed)"
     elif state == "running":
         why = "The run is still going; this report is a snapshot"
+    elif state == "stopped":
+        why = "The run stopped: a journal commit failed (run.log says why)"
     else:
         if not pending["count"]:
             return ""

@@ -45,7 +45,7 @@ from typing import Any
 from turborun.exceptions import WorkerStartError
 from turborun.pool import PoolEvents
 from turborun.records import FN_PROVIDER, Call, Outcome
-from turborun.worker import WorkerSettings, worker_main
+from turborun.worker import RECYCLE_ATTEMPT, WorkerSettings, worker_main
 
 log = logging.getLogger("turborun")
 
@@ -91,6 +91,7 @@ class _Slot:
     steps: int = 0  # Python steps among ``held``
     ref: Any = None  # the ObjectRef of its serve(): resolves or fails when the actor ends
     hello: bool = False  # worker_main is ready
+    draining: bool = False  # asked to be recycled (worker.py): no new Calls, then ended
     node: str = ""  # the Ray node id it runs on, once connected
     ended: bool = False
 
@@ -315,9 +316,8 @@ class RayPool:
         holding the fewest of its kind (HTTP calls and steps balanced apart), preferring
         actors already connected (a replacement takes a second or two to start)."""
         batches: dict[int, list[Call]] = {}
-        ready = [i for i, s in enumerate(self._slots) if s.conn is not None] or list(
-            range(len(self._slots))
-        )
+        open_ = [i for i, s in enumerate(self._slots) if not s.draining]
+        ready = [i for i in open_ if self._slots[i].conn is not None] or open_
         requests = {i: len(self._slots[i].held) - self._slots[i].steps for i in ready}
         steps = {i: self._slots[i].steps for i in ready}
         for call in calls:
@@ -359,6 +359,8 @@ class RayPool:
         wake-up), or the timeout."""
         events = PoolEvents()
         self._wait_once(timeout, list(extra), events)
+        if any(slot.draining for slot in self._slots):
+            self._retire_drained()
         return events
 
     def _wait_once(self, timeout: float | None, extra: list[Any], events: PoolEvents) -> list[str]:
@@ -429,7 +431,10 @@ class RayPool:
             while True:
                 for outcome in slot.conn.recv():
                     if not outcome.custom_id:
-                        slot.hello = True
+                        if outcome.attempt == RECYCLE_ATTEMPT:
+                            self._recycle(slot)
+                        else:
+                            slot.hello = True
                         continue
                     call = slot.held.pop(outcome.custom_id, None)
                     if call is not None:
@@ -442,7 +447,36 @@ class RayPool:
             self._replace(slot, events, reason)
             return reason
 
+    def _recycle(self, slot: _Slot) -> None:
+        """Too many Python steps stuck past their timeout in this actor (worker.py): its
+        replacement starts now, and it is ended once what it holds is answered."""
+        if slot.draining or not self._started:
+            return
+        slot.draining = True
+        log.warning(
+            "a Ray worker actor has Python steps still running long past their timeout: "
+            "replacing it (it ends once its %d calls in flight are answered)",
+            len(slot.held),
+        )
+        self._slots.append(self._spawn())
+
+    def _retire_drained(self) -> None:
+        for slot in [s for s in self._slots if s.draining and not s.held]:
+            slot.ended = True
+            self._slots.remove(slot)
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.actor, no_restart=True)
+            if slot.conn is not None:
+                slot.conn.close()
+
     def _replace(self, slot: _Slot, events: PoolEvents, reason: str) -> None:
+        if slot.draining:  # a recycled actor that ended: its replacement runs already
+            slot.ended = True
+            if slot.conn is not None:
+                slot.conn.close()
+            events.lost.extend(slot.held.values())
+            self._slots.remove(slot)
+            return
         slot.ended = True
         if slot.conn is not None:
             slot.conn.close()

@@ -288,6 +288,7 @@ BATCH_FLAGS = [
     "--batch-window",
     "--cancel-on-interrupt",
     "--flex-fallback",
+    "--backend",
 ]
 
 

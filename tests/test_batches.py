@@ -236,7 +236,7 @@ def test_kill_9_while_polling_then_resume_creates_no_batch_twice(tmp_path: Path)
     tasks = [_task(f"t{i}", f"q {i}") for i in range(300)]
     _write(tmp_path / "tasks.jsonl", tasks)
     args = ["tasks.jsonl", "--batch-max-lines", "100", "--batch-poll", "0.05", "--no-progress"]
-    with Simulator(batches={"latency_s": 3.0}) as sim:
+    with Simulator(batches={"latency_s": 5.0}) as sim:
         env = _env(sim, tmp_path) | {"TURBORUN_VIA": "batch"}
         run = _cli(args, env, tmp_path)
         _wait_for_batches(tmp_path / "checkpoints" / "tasks", 3)

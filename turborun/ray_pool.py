@@ -218,13 +218,13 @@ class RayPool:
             return
         self._post(("connected", token, node, conn))
 
-    def _spawn(self) -> _Slot:
+    def _spawn(self, avoid: str = "") -> _Slot:
         self._spawned += 1
         token = f"{os.getpid()}-{self._spawned}-{secrets.token_hex(4)}"
         # The name (not detached: the actor still ends with this driver) lets an operator
         # find it; the node is the one running the fewest of our actors.
         actor = self._actor_class.options(
-            scheduling_strategy=self._next_node(),
+            scheduling_strategy=self._next_node(avoid),
             name=f"{ACTOR_PREFIX}{token}",
             namespace=NAMESPACE,
         ).remote()
@@ -232,19 +232,23 @@ class RayPool:
         ref.future().add_done_callback(partial(self._actor_ended, token))
         return _Slot(actor, token, ref=ref, node=self._placing)
 
-    def _next_node(self) -> Any:
-        """Spread the actors evenly over the cluster's alive nodes. Ray's own SPREAD
-        strategy left all four zero-CPU actors on one of two nodes; an explicit (soft)
-        node affinity does not, and still lets Ray choose when that node is gone."""
+    def _next_node(self, avoid: str = "") -> Any:
+        """Spread the actors evenly over the cluster's alive nodes. Ray placed zero-CPU
+        actors unevenly both with SPREAD (four actors on one of two nodes) and with a soft
+        node affinity (two of three on one node), so the affinity is strict; an actor
+        aimed at a node that has just died fails to start and is replaced elsewhere."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = sorted(n["NodeID"] for n in self._ray.nodes() if n.get("Alive"))
+        # A replacement avoids the node its predecessor died on: Ray may still list a
+        # node as alive for seconds after it is gone.
+        alive = [node for node in alive if node != avoid] or alive
         if not alive:
             self._placing = ""
             return "SPREAD"
         load = Counter(slot.node for slot in self._slots if not slot.ended)
         self._placing = min(alive, key=lambda node: load[node])
-        return NodeAffinitySchedulingStrategy(self._placing, soft=True)
+        return NodeAffinitySchedulingStrategy(self._placing, soft=False)
 
     def _actor_ended(self, token: str, future: Any) -> None:  # on a Ray thread
         try:
@@ -487,7 +491,7 @@ class RayPool:
         self.deaths += 1
         log.warning("a Ray worker actor ended (%s) holding %d calls", reason, len(slot.held))
         if self._started:
-            self._slots[self._slots.index(slot)] = self._spawn()
+            self._slots[self._slots.index(slot)] = self._spawn(avoid=slot.node)
 
     # ---- stop ------------------------------------------------------------------------
 

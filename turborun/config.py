@@ -386,7 +386,7 @@ def load_config(
     if config.workers is not None:
         config.processes = min(config.processes, config.workers)  # clamped, not an error
     # The Ray backend's actors live on the cluster, whose size is not known here.
-    if config.processes > max_processes() and getattr(config, "backend", "local") == "local":
+    if config.processes > max_processes() and config.backend == "local":
         label, raw, where = sources.origin("processes")
         cpus = os.cpu_count() or 1
         what = (

@@ -4,9 +4,10 @@ cluster started on this machine (ray.cluster_utils.Cluster).
 1. Throughput: N chat requests at 50 ms simulated latency, no limits, through the
    command line on each backend in turn (local, ray, local, ray, ...): tasks/s of each
    and their ratio (target: ray >= 0.7 of local).
-2. Steps: a DAG of Python steps that each burn 0.2 s of CPU (or sleep 0.2 s), each
-   asking Ray for one CPU, on a cluster of one one-CPU node, then of two: the makespan
-   ratio (two nodes' actors should finish faster).
+2. Steps: a DAG of Python steps that each sleep 0.2 s or burn 0.2 s of CPU, asking Ray
+   for one CPU each (placed as Ray tasks) or running on the actors' threads, on one
+   one-CPU node with one actor, then on two nodes with an actor each: the makespan
+   ratio (two nodes should finish faster).
 
 Ray binds the machine's external address unless it is alone in a network namespace, so
 the script re-runs itself under ``unshare -n`` (as root) where loopback is the only
@@ -97,24 +98,34 @@ def throughput(tmp: Path, address: str, requests: int, rounds: int, processes: i
     )
 
 
-def steps(tmp: Path, cluster: object, count: int, step: str) -> None:
-    """Layers of 10 steps, each depending on one step of the layer before."""
+def steps(tmp: Path, cluster: object, count: int, step: str, placed: bool, actors: int) -> float:
+    """Layers of 10 steps, each depending on one step of the layer before. ``placed``:
+    each asks Ray for one CPU (Ray tasks); else they run on the actors' threads."""
     tasks = tmp / f"steps-{step}.jsonl"
     lines = []
     for i in range(count):
-        parents = [f"s{i - 10}"] if i >= 10 else []
-        lines.append(
-            {
-                "custom_id": f"s{i}",
-                "fn": f"ray_steps:{step}",
-                "depends_on": parents,
-                "resources": {"num_cpus": 1},
-            }  # fmt: skip
-        )
+        line = {"custom_id": f"s{i}", "fn": f"ray_steps:{step}",
+                "depends_on": [f"s{i - 10}"] if i >= 10 else []}  # fmt: skip
+        if placed:
+            line["resources"] = {"num_cpus": 1}
+        lines.append(line)
     tasks.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     with Simulator(latency_s=0.0) as sim:
         env = _env(tmp, sim, RAY_ADDRESS=cluster.address)  # type: ignore[attr-defined]
-        return _run(tasks, env, "--backend", "ray", "--processes", "2")
+        return _run(tasks, env, "--backend", "ray", "--processes", str(actors))
+
+
+CASES = (  # (step, placed by Ray with num_cpus=1?)
+    ("nap", True),
+    ("burn", True),
+    ("burn", False),
+)
+
+
+def _describe(step: str, placed: bool) -> str:
+    what = "sleep 0.2 s" if step == "nap" else "burn 0.2 s of CPU"
+    where = "as Ray tasks asking num_cpus=1" if placed else "on the actors' threads"
+    return f"{what}, {where}"
 
 
 def main() -> int:
@@ -122,7 +133,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--only", choices=("throughput", "steps"))
     args = parser.parse_args()
     if os.environ.get(INSIDE) != "1":
@@ -138,15 +149,16 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as scratch:
             tmp = Path(scratch)
             if args.only != "throughput":
-                one = {s: steps(tmp, cluster, args.steps, s) for s in ("burn", "nap")}
+                # One one-CPU node with one actor, then two nodes with an actor each.
+                one = {case: steps(tmp, cluster, args.steps, *case, 1) for case in CASES}
                 cluster.add_node(**node)
                 cluster.wait_for_nodes()
                 time.sleep(1.0)
-                two = {s: steps(tmp, cluster, args.steps, s) for s in ("burn", "nap")}
-                for s in ("burn", "nap"):
+                two = {case: steps(tmp, cluster, args.steps, *case, 2) for case in CASES}
+                for case in CASES:
                     print(
-                        f"{args.steps} steps ({s} 0.2 s, num_cpus=1): one node {one[s]:.2f} s, "
-                        f"two nodes {two[s]:.2f} s, ratio {one[s] / two[s]:.2f}x faster"
+                        f"{args.steps} steps ({_describe(*case)}): one node {one[case]:.2f} s, "
+                        f"two nodes {two[case]:.2f} s: {one[case] / two[case]:.2f}x faster"
                     )
             if args.only != "steps":
                 if len(cluster.list_all_nodes()) < 2:

@@ -21,6 +21,7 @@ from turborun import execute_batch
 from turborun.batches.client import MARKER_KEY, BatchClient
 from turborun.batches.registry import Registry
 from turborun.config import load_config
+from turborun.exceptions import InputError
 from turborun.simulator import Simulator
 
 OPENAI_KEY = "sk-test-" + "a" * 40
@@ -372,3 +373,31 @@ def test_ctrl_c_detaches_or_cancels_and_resume_collects(tmp_path: Path, cancel: 
         assert len(batches) == 1  # resume collected it; nothing sent again
     assert again.returncode == 0, err_again.decode()
     assert set(answered.values()) == {1} and len(answered) == 50
+
+
+def test_tasks_that_all_ask_for_batch_mode_run_through_batches(tmp_path: Path) -> None:
+    tasks = [_task(f"t{i}", f"q {i}", mode="batch") for i in range(3)]
+    tasks.append({"custom_id": "count", "fn": "json:dumps", "depends_on": ["t0"]})
+    path = _write(tmp_path / "tasks.jsonl", tasks)
+    with Simulator(batches={"latency_s": 0.2}) as sim:
+        config = _config(sim, tmp_path, via="live")
+        result = execute_batch(path, checkpoint="modes", config=config)
+        batches = _batches(sim)
+        live = [e for e in sim.requests() if e["path"].endswith("/chat/completions")]
+    assert len(batches) == 1 and live == []
+    assert result.metrics.succeeded == 4
+
+
+def test_a_file_mixing_live_and_batch_modes_is_refused_before_sending(tmp_path: Path) -> None:
+    tasks = [_task("a", "x"), _task("b", "y", mode="batch"), _task("c", "z", mode="batch")]
+    path = _write(tmp_path / "tasks.jsonl", tasks)
+    with Simulator(batches={"latency_s": 0.2}) as sim:
+        config = _config(sim, tmp_path, via="live")
+        with pytest.raises(InputError) as caught:
+            execute_batch(path, checkpoint="mixed", config=config)
+        with pytest.raises(InputError):
+            execute_batch([{**t, "mode": "fast"} for t in tasks], config=config)
+        sent = sim.requests()
+    (problem,) = caught.value.problems
+    assert problem.line == 2 and "lines 2, 3" in problem.message
+    assert sent == []

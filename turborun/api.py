@@ -167,10 +167,14 @@ def execute_batch(
     else:
         if output is not None:
             check_results_path(Path(output))
-        taskset = tasks_from_dicts(list(tasks), estimator)
+        items = list(tasks)
+        taskset = tasks_from_dicts(items, estimator)
         run_name = checkpoint
     opening = _Opening(resume, fresh, accept_lost_journal)
     try:
+        from turborun.batches.modes import requested_via  # "mode": "batch" on tasks
+
+        config.via = requested_via(config.via, taskset, None if taskset.path else items)
         if config.via == "batch":  # the providers' Batch APIs (turborun/batches/)
             from turborun.batches import run_via_batch
 

@@ -42,7 +42,7 @@ def fall_back(provider: str, body: bytes) -> bytes:
 
 
 def served_tier(body: bytes | None) -> str:
-    """"flex" when the answer says flex served it, else "standard" (for pricing)."""
+    """The tier to price an answer at: "flex" when it says flex served it, else "standard"."""
     if not body or b"flex" not in body:
         return "standard"
     try:

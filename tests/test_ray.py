@@ -516,6 +516,26 @@ def test_local_runs_never_import_ray(tmp_path: Path, simulator: Simulator) -> No
 
 
 @outside
+def test_backend_ray_without_ray_installed_says_how_to_install_it(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    tag = uuid.uuid4().hex
+    path = write_tasks(tmp_path / "t.jsonl", [task(tag, "a")])
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if ray were not installed
+        "from turborun.cli import main\n"
+        f"raise SystemExit(main(['batch', {str(path)!r}, '--backend', 'ray', '--no-progress']))\n"
+    )
+    env = cli_env(tmp_path, simulator)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--backend ray needs Ray: pip install 'turborun[ray]'" in done.stderr
+    assert sum(receipts(simulator, tag).values()) == 0
+
+
+@outside
 def test_resources_are_checked_before_anything_is_sent(
     tmp_path: Path, simulator: Simulator
 ) -> None:

@@ -29,6 +29,7 @@ Ray ends them with its job, and each actor also exits when its connection reads 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import queue
@@ -74,6 +75,13 @@ class TurborunWorker:
         worker_main(settings, conn, conn)
 
 
+def _ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ValueError:  # sys.modules["ray"] is None: imports of ray are blocked
+        return False
+
+
 def run_placed_step(call: Call) -> Outcome:
     """A Python step that asked for resources, as a Ray task Ray places."""
     from turborun.providers import Providers
@@ -103,6 +111,8 @@ class RayPool:
     starts (and stops with the pool)."""
 
     def __init__(self, processes: int, settings: WorkerSettings) -> None:
+        if not _ray_installed():  # said before the run opens anything
+            raise WorkerStartError(RAY_MISSING)
         self._processes = processes
         self._settings = settings
         self._slots: list[_Slot] = []

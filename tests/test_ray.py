@@ -143,7 +143,8 @@ def in_netns(test: Callable[..., None]) -> Callable[..., None]:
 
     outer.__name__ = outer.__qualname__ = test.__name__
     outer.__doc__ = test.__doc__
-    return outer
+    # The first of these waits for the whole run inside (pytest-timeout counts setup).
+    return pytest.mark.timeout(INNER_TIMEOUT_S)(outer)
 
 
 # ---- inside: one cluster of two nodes for the module ----------------------------------

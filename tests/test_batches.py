@@ -401,3 +401,25 @@ def test_a_file_mixing_live_and_batch_modes_is_refused_before_sending(tmp_path: 
     (problem,) = caught.value.problems
     assert problem.line == 2 and "lines 2, 3" in problem.message
     assert sent == []
+
+
+def test_lines_refused_for_the_account_wait_for_resume_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    quota = " [sim:status=429:message=You exceeded your current quota:times=1]"
+    pad = "." * 60  # the answer echoes 60 characters: the directive stays out of {{b}}
+    tasks = [_task("a", "fine"), _task("b", "broke" + pad + quota), _task("c", "also" + quota)]
+    tasks.append(_task("d", "after {{b}}", depends_on=["b"]))
+    path = _write(tmp_path / "tasks.jsonl", tasks)
+    with Simulator(batches={"latency_s": 0.2}) as sim:
+        config = _config(sim, tmp_path)
+        first = execute_batch(path, checkpoint="quota", config=config)
+        lines = {line["custom_id"]: line for line in _results(tmp_path / "tasks.results.jsonl")}
+        again = execute_batch(path, checkpoint="quota", resume=True, config=config)
+        batches = _batches(sim)
+        resent = _input_ids(sim, batches[1])
+    assert first.interrupted and first.metrics.failed == 0
+    assert [lines[c]["turborun"]["status"] for c in "abcd"] == [
+        "succeeded", "pending", "pending", "pending"]  # fmt: skip
+    assert sorted(resent) == ["b", "c"]  # nothing failed, nothing lost: sent again
+    assert not again.interrupted and again.metrics.succeeded == 4

@@ -350,11 +350,10 @@ class SimBatches:
 
     def _answer_line(self, batch: _Batch, line: dict[str, Any]) -> tuple[bytes, bool]:
         raw: bytes = line["_raw_body"]
-        status = self._line_fault(raw)
+        status, message = self._line_fault(raw)
         request_id = f"req_{self._ids.getrandbits(96):024x}"
         if status is not None:
-            message = f"Simulated error {status}."
-            body = orjson.loads(error_body(status, message))
+            body = orjson.loads(error_body(status, message or f"Simulated error {status}."))
             response = {"status_code": status, "request_id": request_id, "body": body}
             return self._line(line, response, None), False
         body = line.get("body") or {}
@@ -368,12 +367,13 @@ class SimBatches:
         response = {"status_code": 200, "request_id": request_id, "body": answer}
         return self._line(line, response, None), True
 
-    def _line_fault(self, raw: bytes) -> int | None:
+    def _line_fault(self, raw: bytes) -> tuple[int | None, str | None]:
+        """(status, message) of a line that fails; (None, None) for one answered 200."""
         if b"[sim:" in raw:
             try:
                 directives = parse_directives(raw)
-            except DirectiveError:
-                return 400
+            except DirectiveError as exc:
+                return 400, str(exc)
             key = hash(raw)
             receipt = self.receipts.get(key, 0) + 1
             self.receipts[key] = receipt
@@ -381,10 +381,10 @@ class SimBatches:
                 if directive.times is not None and receipt > directive.times:
                     continue
                 if directive.fault == "status" and directive.status:
-                    return directive.status
+                    return directive.status, directive.message
         if self.options.error_rate and self.random.random() < self.options.error_rate:
-            return self.options.error_status
-        return None
+            return self.options.error_status, None
+        return None, None
 
     def _line(self, line: dict[str, Any], response: Any, error: Any) -> bytes:
         record = {"id": self._id("batch_req"), "custom_id": line.get("custom_id"),

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from turborun.account import account_problem
 from turborun.batches.client import BatchAPIError, BatchClient
 from turborun.batches.lines import (
     FINAL,
@@ -134,6 +135,8 @@ class BatchDriver:
         self._submitted_at: dict[str, float] = {}
         self._active: dict[str, dict[str, Any]] = {}
         self._batch_of: dict[int, str] = {}  # node in a batch at the provider -> its marker
+        self._refused_account: dict[str, str] = {}  # provider -> why it cannot bill us
+        self._held: list[int] = []  # tasks kept pending until the account is fixed
         self._done = 0
         self._started = clock()
         self._resume(previous)
@@ -226,7 +229,7 @@ class BatchDriver:
                 if self._done >= len(self.tasks):
                     break
                 if not self.ready and not self._active:
-                    log.error("%d tasks can no longer run", len(self.tasks) - self._done)
+                    self._stop_pending()
                     break
                 self.stop.wait(self._wait_s())
         finally:
@@ -316,6 +319,14 @@ class BatchDriver:
         return entry
 
     def _submit_ready(self) -> None:
+        if self._refused_account:  # nothing more to a provider that cannot bill us
+            held = [n for n in self.ready if self.tasks[n].provider in self._refused_account]
+            if held:
+                self._held += held
+                waiting = set(held)
+                self.ready = [n for n in self.ready if n not in waiting]
+                for node in held:
+                    self.state[node] = _PENDING
         if not self.ready:
             return
         groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
@@ -482,6 +493,22 @@ class BatchDriver:
             else:
                 self._schedule_poll(record)
 
+    def _stop_pending(self) -> None:
+        """Nothing left to send or poll with tasks unfinished: a provider refused the
+        account (its tasks wait, unjournaled, for --resume) or nothing can run."""
+        pending = len(self.tasks) - self._done
+        if self._refused_account:
+            why = "; ".join(f"{p}: {w}" for p, w in self._refused_account.items())
+            log.error(
+                "stopped with %d tasks pending: the provider refused the account (%s); "
+                "fix the account and run again with --resume",
+                pending,
+                why,
+            )
+            self.metrics.interrupted = True
+        else:
+            log.error("%d tasks can no longer run", pending)
+
     def _vanished(self, record: dict[str, Any]) -> None:
         """The provider knows no such batch (deleted, another account or server): it will
         answer nothing, so its tasks are sent again, without counting an attempt."""
@@ -532,6 +559,16 @@ class BatchDriver:
                 else:  # not in either file: not run
                     self.attempts[node] -= 1
                     again.append(node)
+                continue
+            why = _account_problem(line)
+            if why is not None:  # the account cannot pay: neither a failure nor a retry
+                self.attempts[node] -= 1
+                self.state[node] = _PENDING
+                self._held.append(node)
+                provider = self.tasks[node].provider
+                if provider not in self._refused_account:
+                    self._refused_account[provider] = why
+                    log.error("%s refused the account: %s; its tasks wait", provider, why)
                 continue
             what, outcome = line_outcome(line, self.attempts[node], latency_s)
             if what == UNRUN:
@@ -650,6 +687,14 @@ class BatchDriver:
     @property
     def active_batches(self) -> list[dict[str, Any]]:
         return list(self._active.values())
+
+
+def _account_problem(line: dict[str, Any]) -> str | None:
+    response = line.get("response")
+    if not isinstance(response, dict) or response.get("status_code") == 200:
+        return None
+    body = response.get("body")
+    return account_problem(response.get("status_code"), orjson.dumps(body) if body else None)
 
 
 def _batch_errors(batch: dict[str, Any]) -> str:

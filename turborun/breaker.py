@@ -44,8 +44,9 @@ Constants:
   ``Bucket.unreachable``), which short cool-downs keep close to its nominal value.
 
 ``healthy()`` tells the retry delay whether to escalate (backoff.py): the failures among
-the requests judged at the last failure are under HEALTHY_SHARE of them (never fewer than
-WINDOW requests counted, so the first failures of a run do not look like an outage).
+the requests judged at the last failure are under HEALTHY_SHARE of them. Being dated by
+their sending, the first fast failures of a burst are judged against the whole burst
+(1 of 120), while a lone request failing again is judged against itself (2 of 2).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Breaker:
         low = bisect.bisect_left(self._failed_at, start_s)
         high = bisect.bisect_right(self._failed_at, end_s)
         failures = high - low
-        self._share = failures / max(sent, WINDOW)
+        self._share = failures / sent if sent else 1.0
         if sent > 0 and failures >= self.min_failures and failures >= FAILURE_FRACTION * sent:
             kinds = Counter(self._failed_kind[low:high])
             detail = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())

@@ -89,3 +89,55 @@ def test_fn_step_exception_is_an_outcome_not_a_crash(pool):
     outcome = _wait_for(lambda: pool.wait(0.5).outcomes)[0]
     assert outcome.error_kind == "fn_error" and "always fails" in (outcome.error_message or "")
     assert pool.alive() == 2
+
+
+def test_process_with_stuck_steps_is_replaced_after_its_requests_are_answered(
+    simulator, monkeypatch, tmp_path
+):
+    """MAX_STUCK_STEPS steps sleep past a 0.3 s timeout while an HTTP call (2 s) is in
+    flight in the same process: each step fails at its deadline, a replacement starts,
+    the HTTP call is answered (not lost), and then the old process stops."""
+    from turborun.worker import MAX_STUCK_STEPS
+
+    monkeypatch.setenv("STEP_DIR", str(tmp_path))
+    settings = WorkerSettings(fn_threads=MAX_STUCK_STEPS, timeout_s=10,
+                              base_urls={"openai": simulator.openai_base_url},
+                              api_keys={"openai": "sk-test"})  # fmt: skip
+    pool = WorkerPool(1, settings)
+    pool.start()
+    try:
+        first = pool.pids()
+        message = {"role": "user", "content": "[sim:latency=2]"}
+        body = orjson.dumps({"model": "m", "max_tokens": 2, "messages": [message]})
+        http = Call("http", 1, "openai", "POST", "/v1/chat/completions", body, timeout_s=10)
+        steps = [
+            Call(
+                f"s{i}",
+                1,
+                FN_PROVIDER,
+                "POST",
+                "",
+                orjson.dumps({}),
+                fn="steps:sleeps_a_minute",
+                timeout_s=0.3,
+            )  # fmt: skip
+            for i in range(MAX_STUCK_STEPS)
+        ]
+        pool.send([http, *steps])
+        seen: dict[str, object] = {}
+        lost = []
+        deadline = time.monotonic() + 20
+        while (len(seen) < MAX_STUCK_STEPS + 1 or pool.pids() == first or first[0] in
+               pool.pids()) and time.monotonic() < deadline:  # fmt: skip
+            events = pool.wait(0.5)
+            seen.update({o.custom_id: o for o in events.outcomes})
+            lost += events.lost
+        assert not lost
+        assert seen["http"].ok and seen["http"].pid == first[0]
+        assert all(seen[f"s{i}"].error_kind == "fn_error" for i in range(MAX_STUCK_STEPS))
+        assert len(pool.pids()) == 1 and first[0] not in pool.pids()
+        pool.send([_call("after", "steps:answer")])
+        outcome = _wait_for(lambda: pool.wait(0.5).outcomes)[0]
+        assert outcome.text == "42" and outcome.pid != first[0]
+    finally:
+        pool.shutdown()

@@ -289,6 +289,9 @@ BATCH_FLAGS = [
     "--cancel-on-interrupt",
     "--flex-fallback",
     "--backend",
+    "--max-cost",
+    "--max-tokens-total",
+    "--estimate",
 ]
 
 

@@ -254,6 +254,8 @@ def test_env_example_lists_every_variable_with_a_comment() -> None:
         "TURBORUN_BATCH_POLL_S",
         "TURBORUN_BATCH_WINDOW",
         "TURBORUN_FLEX_FALLBACK",
+        "TURBORUN_MAX_COST",
+        "TURBORUN_MAX_TOKENS_TOTAL",
     ]
     for variable in variables:
         assert re.search(rf"(?m)^# {variable}=", text), variable

@@ -30,7 +30,7 @@ def test_the_run_cap_refuses_what_would_pass_it_counting_reservations() -> None:
     caps.reserve(r)
     assert caps.why_not(r) is None
     caps.reserve(r)
-    assert caps.why_not(r) == "the run's cost cap ($0.01)"  # 3 × 0.00404 > 0.01
+    assert caps.why_not(r) == ("run", "the run's cost cap ($0.01)")  # 3 × 0.00404 > 0.01
     caps.settle(r, usd=0.001, tokens=100)  # it cost less than reserved: room again
     assert caps.why_not(r) is None
     assert caps.spent_usd == pytest.approx(0.001)
@@ -58,7 +58,7 @@ def test_a_model_cap_binds_that_model_only() -> None:
     big = caps.worst_case("openai", "gpt-4o", 0, 400)
     small = caps.worst_case("openai", "gpt-4o-mini", 0, 400)
     caps.reserve(big)
-    assert caps.why_not(big) == "the cost cap of openai/gpt-4o ($0.005)"
+    assert caps.why_not(big) == ("model", "the cost cap of openai/gpt-4o ($0.005)")
     assert caps.why_not(small) is None
 
 
@@ -67,7 +67,7 @@ def test_a_token_cap_needs_no_price() -> None:
     assert caps.priced("vllm", "my-model")
     r = caps.worst_case("vllm", "my-model", 100, 400)
     caps.reserve(r)
-    assert caps.why_not(r) == "the token cap (1,000 tokens)"
+    assert caps.why_not(r) == ("run", "the run's token cap (1,000 tokens)")
     assert not SpendCaps(PRICING, max_cost_usd=1.0).priced("vllm", "my-model")
 
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turborun.checkpoint import Checkpoint, Journal, default_run_name
+from turborun.caps import recorded_caps, spend_caps
+from turborun.checkpoint import Checkpoint, Journal, default_run_name, read_meta
 from turborun.config import Config, load_config
 from turborun.entries import SUCCEEDED
 from turborun.exceptions import CheckpointError, InputError, Problem, TaskFailed
 from turborun.metrics import Metrics
+from turborun.pricing import Pricing
 from turborun.results import check_results_path, default_results_path, write_results
 from turborun.session import RunSession
+from turborun.spend import SpendCaps
 from turborun.supervisor import Supervisor
 from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts
 from turborun.templates import template_refs
@@ -115,6 +118,10 @@ class BatchResult:
     # The results file could not be written at the end (the journal holds everything).
     results_error: str | None = None
     report_path: Path | None = None  # report.html in the checkpoint folder (None: not made)
+    # Dispatch stopped with work pending that --resume can finish: a spend cap bound
+    # (--max-cost, --max-tokens-total, a model's max_cost) or a provider refused the
+    # account (quota, billing). None: the run was not held back.
+    stopped_by: str | None = None
 
     @property
     def success_rate(self) -> float:
@@ -219,6 +226,9 @@ def _run(
     progress: Any,
     handle_signals: bool | None,
 ) -> BatchResult:
+    # A cap that cannot bound the work is refused before a checkpoint is made.
+    spend_caps(config, Pricing.load(Pricing.default_paths(Path.cwd())), taskset.tasks,
+               recorded={}, journal_entries=())  # fmt: skip
     session = RunSession(
         config,
         run_name,
@@ -232,10 +242,17 @@ def _run(
         checkpoint = session.checkpoint
         journal = checkpoint.journal
         previous = {cid: (e["status"], e["fingerprint"]) for cid, e in journal.entries()}
-        supervisor = session.supervisor(taskset.body, on_progress=progress)
+        caps = spend_caps(
+            config,
+            session.pricing,
+            taskset.tasks,
+            recorded=read_meta(checkpoint.folder) if opening.resume else {},
+            journal_entries=journal.entries(),
+        )
+        supervisor = session.supervisor(taskset.body, on_progress=progress, spend=caps)
         supervisor.add_batch(taskset.tasks, previous)
         try:
-            checkpoint.write_meta(_meta(taskset, session, "running"))
+            checkpoint.write_meta(_meta(taskset, session, "running", caps=caps))
         except OSError as exc:  # nothing was sent yet
             raise CheckpointError(
                 f"cannot write {checkpoint.folder / 'run.json'}: {exc.strerror or exc}"
@@ -251,16 +268,18 @@ def _run(
             restore()
             timeline.close()
             if metrics is None:  # the loop raised: run.json must not say "running"
-                _try_write_meta(checkpoint, _meta(taskset, session, "crashed"))
+                _try_write_meta(checkpoint, _meta(taskset, session, "crashed", caps=caps))
         ids = [t.custom_id for t in taskset.tasks]
         results_path, results_error = _write_results_file(
             output, journal, ids, session.run_name or "", supervisor.resumed
         )
         journal_error = None if journal.write_error is None else str(journal.write_error)
         state = "interrupted" if metrics.interrupted else "finished"
-        if journal_error is not None:
+        if journal_error is not None or metrics.stopped_by is not None:
             state = "stopped"
-        meta = _meta(taskset, session, state, metrics)
+        meta = _meta(taskset, session, state, metrics, caps=caps)
+        if metrics.stopped_by is not None:
+            meta["stopped_by"] = metrics.stopped_by
         meta.update(
             {
                 k: v
@@ -283,6 +302,7 @@ def _run(
         journal_error=journal_error,
         results_error=results_error,
         report_path=report_path,
+        stopped_by=metrics.stopped_by,
     )
 
 
@@ -358,7 +378,12 @@ def _try_write_meta(checkpoint: Checkpoint, meta: dict[str, Any]) -> None:
 
 
 def _meta(
-    taskset: TaskSet, session: RunSession, state: str, metrics: Metrics | None = None
+    taskset: TaskSet,
+    session: RunSession,
+    state: str,
+    metrics: Metrics | None = None,
+    *,
+    caps: SpendCaps | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "run_name": session.run_name,
@@ -366,6 +391,7 @@ def _meta(
         "total": len(taskset.tasks),
         "pid": os.getpid(),
         "state": state,
+        **recorded_caps(caps),
     }
     if metrics is not None:
         meta.update(

@@ -21,6 +21,7 @@ from turborun.exceptions import InputError, TurborunError
 from turborun.metrics import summary_table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+EXIT_HELD = 3  # stopped with work pending that --resume can finish (a spend cap, the account)
 # Flags that do not belong in the printed resume command.
 _NOT_RESUMED = ("--resume", "--fresh", "--accept-lost-journal")
 
@@ -85,6 +86,29 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--flex-fallback", type=int, help="after N flex capacity errors, use the standard tier"
     )
+    batch.add_argument(
+        "--max-cost", type=float, help="spend cap in USD: never passed, the rest stays pending"
+    )
+    batch.add_argument(
+        "--max-tokens-total", type=int, help="cap on tokens (prompt + output), any model"
+    )
+    batch.add_argument(
+        "--estimate", action="store_true", help="print the estimate and send nothing"
+    )
+    estimate = sub.add_parser(
+        "estimate", help="tokens, cost and time of a task file; sends nothing"
+    )
+    estimate.add_argument("tasks", type=Path, help="the task file (JSONL)")
+    estimate.add_argument("--run-name", help="checkpoint name (default: task file name)")
+    estimate.add_argument("--resume", action="store_true", help="only what a resume would run")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
+    for name, kind, text in (
+        ("--rpm", float, "requests per minute, every model"),
+        ("--tpm", float, "tokens per minute, every model"),
+        ("--workers", int, "requests in flight, fixed"),
+        ("--max-in-flight", int, "ceiling of the auto sizing"),
+    ):
+        estimate.add_argument(name, type=kind, help=text)
     status = sub.add_parser("status", help="show a run's state from its checkpoint")
     status.add_argument("run_name", nargs="?", help="run name (default: list runs)")
     report = sub.add_parser("report", help="write report.html + report.json in a run's checkpoint")
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return _batch(args, argv)
         if args.command == "report":
             return _report(args)
+        if args.command == "estimate":
+            return _estimate(args.tasks, load_config(_estimate_flags(args)), args)
         return _status(args)
     except InputError as exc:
         from turborun.tasks import problem_lines  # the first 20, then a count
@@ -143,6 +169,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "batch_window": args.batch_window,
         "cancel_on_interrupt": args.cancel_on_interrupt,
         "flex_fallback": args.flex_fallback,
+        "max_cost": args.max_cost,
+        "max_tokens_total": args.max_tokens_total,
         "progress": False if args.no_progress else None,
     }
 
@@ -152,6 +180,8 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     from turborun.progress import ProgressDisplay
 
     config = load_config(_flags(args))
+    if args.estimate:
+        return _estimate(args.tasks, config, args)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("turborun: %(message)s"))
@@ -194,6 +224,18 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_WRITE_FAILED
+    if result.stopped_by is not None:
+        again = _resume_command(argv)
+        if "cap" in result.stopped_by:
+            again = _resume_command(_without(argv, "--max-cost", "--max-tokens-total"))
+            again += " --max-cost NEW_CAP"
+        print(
+            f"stopped: {result.stopped_by}. {pending} tasks not sent (pending, not failed); "
+            f"the checkpoint {result.checkpoint} holds everything done.\n"
+            f"continue with: {again}",
+            file=sys.stderr,
+        )
+        return EXIT_HELD
     if result.interrupted:
         print(
             f"interrupted: {pending} tasks not finished; the checkpoint "
@@ -203,6 +245,43 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     m = result.metrics
     return EXIT_OK if m.failed == 0 and m.skipped == 0 else EXIT_FAILED
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """``argv`` without these flags and their values (``--flag V`` or ``--flag=V``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in flags)):
+            kept.append(arg)
+    return kept
+
+
+def _estimate_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "workers": args.workers,
+        "max_in_flight": args.max_in_flight,
+    }
+
+
+def _estimate(tasks: Path, config: Any, args: argparse.Namespace) -> int:
+    """``estimate`` / ``batch --estimate``: print what the run would cost and take."""
+    import json
+
+    from turborun.estimate import estimate_file, render
+
+    est = estimate_file(tasks, config, run_name=args.run_name, resume=args.resume)
+    if getattr(args, "json", False):
+        print(json.dumps(est.as_dict(), indent=1))
+    else:
+        print(render(est))
+    return EXIT_OK
 
 
 def _resume_command(argv: list[str], *, other_output: bool = False) -> str:

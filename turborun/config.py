@@ -31,8 +31,8 @@ DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_S = 120.0
 STRATEGIES = ("critical-path", "tokens", "fifo")
-BACKENDS = ("local", "ray")  # where the worker processes run (--backend)
 VIAS = ("live", "batch")  # how API tasks are sent (--via)
+BACKENDS = ("local", "ray")  # where the worker processes run (--backend)
 
 
 def default_processes() -> int:
@@ -95,6 +95,11 @@ class Config:
     batch_window: str = "24h"  # completion_window of each batch
     cancel_on_interrupt: bool = False  # Ctrl-C cancels the run's batches instead of leaving them
     flex_fallback: int | None = None  # after N flex capacity errors, send at the standard tier
+    # Spend caps (turborun/spend.py): USD for the run, USD per (provider, model) from
+    # configs/ (max_cost in a model's table), tokens (prompt + output) for the run.
+    max_cost: float | None = None  # USD
+    model_caps_usd: dict[tuple[str, str], float] = field(default_factory=dict)
+    max_tokens_total: int | None = None
     progress: bool = True
 
     @property
@@ -151,6 +156,8 @@ FLAG_NAMES = {
     "batch_poll_s": "--batch-poll",
     "batch_window": "--batch-window",
     "flex_fallback": "--flex-fallback",
+    "max_cost": "--max-cost",
+    "max_tokens_total": "--max-tokens-total",
 }
 _LIMIT_KEYS = ("rpm", "tpm")
 # A word of 20+ key characters holding letters and digits: what a pasted API key looks like.
@@ -212,6 +219,13 @@ def _strategy(label: str, raw: Any, where: str = "") -> str:
     return value
 
 
+def _backend(label: str, raw: Any, where: str = "") -> str:
+    value = raw.strip().lower() if isinstance(raw, str) else None
+    if value not in BACKENDS:
+        raise _fail(label, raw, f"is not one of {', '.join(BACKENDS)}", where)
+    return value
+
+
 def _via(label: str, raw: Any, where: str = "") -> str:
     value = raw.strip().lower() if isinstance(raw, str) else None
     if value not in VIAS:
@@ -223,13 +237,6 @@ def _window(label: str, raw: Any, where: str = "") -> str:
     value = raw.strip() if isinstance(raw, str) else ""
     if not value or value[-1] not in "hd" or not value[:-1].isdigit():
         raise _fail(label, raw, "is not a completion window like 24h or 7d", where)
-    return value
-
-
-def _backend(label: str, raw: Any, where: str = "") -> str:
-    value = raw.strip().lower() if isinstance(raw, str) else None
-    if value not in BACKENDS:
-        raise _fail(label, raw, f"is not one of {', '.join(BACKENDS)}", where)
     return value
 
 
@@ -300,6 +307,8 @@ _SETTINGS: dict[str, tuple[str, _Parser]] = {
     "batch_poll_s": ("TURBORUN_BATCH_POLL_S", _positive_number),
     "batch_window": ("TURBORUN_BATCH_WINDOW", _window),
     "flex_fallback": ("TURBORUN_FLEX_FALLBACK", _positive_int),
+    "max_cost": ("TURBORUN_MAX_COST", _positive_number),
+    "max_tokens_total": ("TURBORUN_MAX_TOKENS_TOTAL", _positive_int),
 }
 
 
@@ -312,6 +321,7 @@ class _TomlConfig:
     model_limits: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     model_endpoints: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     endpoint_caps: dict[str, int] = field(default_factory=dict)
+    model_caps_usd: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +427,7 @@ def load_config(
                 config.provider_endpoints[provider] = urls
     config.model_endpoints = dict(sources.toml.model_endpoints)
     config.endpoint_caps = dict(sources.toml.endpoint_caps)
+    config.model_caps_usd = dict(sources.toml.model_caps_usd)
     if flags.get("simulate") is not None:
         config.simulate = bool(flags["simulate"])
     if flags.get("cancel_on_interrupt") is not None:
@@ -555,6 +566,11 @@ def _merge_provider(merged: _TomlConfig, provider: str, table: Any, where: str) 
                     label = f'{provider}."{key}".{limit}'
                     parsed = _positive_number(label, value[limit], where)
                     merged.model_limits.setdefault((provider, key), {})[limit] = parsed
+            if "max_cost" in value:
+                label = f'{provider}."{key}".max_cost'
+                merged.model_caps_usd[(provider, key)] = _positive_number(
+                    label, value["max_cost"], where
+                )
             if "base_urls" in value:
                 label = f'{provider}."{key}".base_urls'
                 merged.model_endpoints[(provider, key)] = _base_urls(

@@ -67,6 +67,7 @@ class Metrics:
     latencies_s: list[float] = field(default_factory=list, repr=False)
     per_model: list[ModelStats] = field(default_factory=list)
     interrupted: bool = False
+    stopped_by: str | None = None  # a cap bound or a provider refused the account
 
     @property
     def completed(self) -> int:

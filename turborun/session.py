@@ -23,6 +23,7 @@ from turborun.fdlimit import RESERVED_FDS, raise_open_file_limit, sockets_per_pr
 from turborun.latency import LatencyModel
 from turborun.pool import MAIN_GUARD_HINT, WorkerPool
 from turborun.pricing import Pricing
+from turborun.spend import SpendCaps
 from turborun.supervisor import DoneCallback, Progress, Supervisor
 from turborun.tasks import Task
 from turborun.worker import WorkerSettings
@@ -158,6 +159,7 @@ class RunSession:
         body_of: Callable[[Task], dict[str, Any]],
         on_done: DoneCallback | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        spend: SpendCaps | None = None,
     ) -> Supervisor:
         assert self.checkpoint is not None and self.pool is not None
         assert self.budget is not None and self.latency is not None
@@ -181,6 +183,7 @@ class RunSession:
             endpoints=endpoints,
             on_done=on_done,
             on_progress=on_progress,
+            spend=spend,
         )
 
     def kill_workers(self) -> None:

@@ -132,6 +132,7 @@ class Simulator:
         echo_auth: bool = False,
         batches: dict[str, Any] | None = None,
         flex_capacity_rate: float = 0.0,
+        quota_after: int | None = None,
     ) -> None:
         self._owned_log: str | None = None
         if log_path is None:
@@ -159,6 +160,7 @@ class Simulator:
             echo_auth=echo_auth,
             batches=dict(batches or {}),  # BatchOptions of turborun/simulator_batches.py
             flex_capacity_rate=flex_capacity_rate,
+            quota_after=quota_after,
         )
         self._process: subprocess.Popen[bytes] | None = None
         self.base_url = ""
@@ -324,6 +326,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--batch-error-rate", type=float, default=0.0, help="batch lines that fail with 500")
     add("--flex-capacity-rate", type=float, default=0.0,
         help="flex requests refused with a capacity error (429 / Groq 498)")  # fmt: skip
+    add("--quota-after", type=int, default=None,
+        help="after N model requests, answer every one 429 insufficient_quota")  # fmt: skip
     add("--seed", type=int, default=0)
     add("--log", default=None, help="append one JSON line per request here")
     add("--config-json", default=None, help=argparse.SUPPRESS)
@@ -359,6 +363,7 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
         },
         flex_capacity_rate=args.flex_capacity_rate,
         echo_auth=args.echo_auth,
+        quota_after=args.quota_after,
     )
 
 

@@ -77,6 +77,9 @@ class SimConfig:
     # Files and Batches APIs (turborun/simulator_batches.py): BatchOptions as a dict
     batches: dict[str, Any] = field(default_factory=dict)
     flex_capacity_rate: float = 0.0  # flex requests answered with a capacity error
+    # After this many model requests every one answers 429 insufficient_quota (the
+    # account ran out of credit); None: never.
+    quota_after: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse what the server could only misbehave with: a negative or infinite
@@ -109,6 +112,8 @@ class SimConfig:
         if self.overflow not in OVERFLOWS:
             raise _invalid("overflow", self.overflow, f"one of {', '.join(OVERFLOWS)}")
         _check("port", self.port, 0 <= self.port <= 65535, "in 0..65535 (0: a free port)")
+        if self.quota_after is not None:
+            _check("quota_after", self.quota_after, self.quota_after >= 0, "at least 0")
 
     def to_json(self) -> str:
         return orjson.dumps(_fields(self)).decode()
@@ -207,6 +212,7 @@ class SimServer:
             BatchOptions.from_dict(config.batches), self.count_tokens, config.seed, clock
         )
         self.flex = random.Random(config.seed + 3)
+        self.served = 0  # model requests decided (quota_after)
 
     def decide(self, request: _Request) -> _Answer:
         entry: dict[str, Any] = {"t": time.time(), "path": request.path, "model": None,
@@ -249,6 +255,14 @@ class SimServer:
         output = 0 if endpoint == "embeddings" else (requested if requested is not None
                                                      else DEFAULT_OUTPUT_TOKENS)  # fmt: skip
         latency = self._latency(output)
+        self.served += 1
+        if self.config.quota_after is not None and self.served > self.config.quota_after:
+            entry["status"] = 429
+            message = (
+                "You exceeded your current quota, please check your plan and billing details."
+            )
+            error = self._error_body(429, message, "insufficient_quota", "insufficient_quota")
+            return _Answer(http_response(429, error, [self._request_id()]))
         scripted = self._scripted(request.body, entry, latency)
         if isinstance(scripted, _Answer):
             return scripted

@@ -93,15 +93,16 @@ class SpendCaps:
         usd = self.pricing.cost_usd(provider, model, prompt, output)
         return Reservation((provider, model), usd or 0.0, prompt + output)
 
-    def why_not(self, r: Reservation) -> str | None:
-        """Which cap this reservation would pass, or None: it fits."""
+    def why_not(self, r: Reservation) -> tuple[str, str] | None:
+        """(scope, which cap) when this reservation would pass a cap: scope "run" for the
+        run's cost or token cap, "model" for its model's cost cap; None: it fits."""
         if not self._run.fits(r.usd):
-            return f"the run's cost cap (${self.max_cost_usd:g})"
+            return "run", f"the run's cost cap (${self.max_cost_usd:g})"
+        if not self._tokens.fits(r.tokens):
+            return "run", f"the run's token cap ({self.max_tokens_total:,} tokens)"
         model = self._model(r.model)
         if not model.fits(r.usd):
-            return f"the cost cap of {r.model[0]}/{r.model[1]} (${model.cap:g})"
-        if not self._tokens.fits(r.tokens):
-            return f"the token cap ({self.max_tokens_total:,} tokens)"
+            return "model", f"the cost cap of {r.model[0]}/{r.model[1]} (${model.cap:g})"
         return None
 
     def reserve(self, r: Reservation) -> None:

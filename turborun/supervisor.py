@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import random
@@ -36,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from turborun.account import account_problem
 from turborun.backoff import retry_delay_s
 from turborun.budget import Bucket, Budget
 from turborun.checkpoint import Journal
@@ -61,8 +63,18 @@ from turborun.latency import LatencyModel
 from turborun.metrics import Metrics, ModelStats
 from turborun.pool import WorkerPool
 from turborun.pricing import Pricing
-from turborun.records import AUTH, CAPACITY, FN_PROVIDER, RATE_LIMITED, Call, Outcome
+from turborun.records import (
+    AUTH,
+    CAPACITY,
+    CONNECTION,
+    FN_PROVIDER,
+    RATE_LIMITED,
+    TIMEOUT,
+    Call,
+    Outcome,
+)
 from turborun.scheduler import ReadyQueue, Timers, sort_key
+from turborun.spend import Reservation, SpendCaps
 from turborun.tasks import Task
 from turborun.templates import render_body
 from turborun.timeline import ModelSample, Timeline
@@ -95,6 +107,10 @@ class Progress:
     in_flight: int = 0  # requests and steps handed to workers, not yet answered
     target: int = 0  # requests the pool may hold in flight now
     paused: tuple[str, ...] = ()  # "provider/model: why it is not sending", per paused bucket
+    cost_cap_usd: float | None = None  # --max-cost
+    spent_usd: float | None = None  # against the cap: this run and earlier attempts of it
+    projected_usd: float | None = None  # spent so far ÷ done × total
+    eta_s: float | None = None  # the remaining work against the binding constraint
 
 
 class Supervisor:
@@ -114,8 +130,15 @@ class Supervisor:
         on_progress: Callable[[Progress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        spend: SpendCaps | None = None,
     ) -> None:
         self.config = config
+        self.spend = spend if spend is not None and spend.active else None
+        self._reservation: list[Reservation | None] = []  # per node: held against the caps
+        self._capped: dict[Hashable, str] = {}  # bucket → the cap that holds it now
+        self._cap_logged: set[str] = set()  # caps already said to be reached
+        self._account: dict[str, str] = {}  # provider → why it refused the account
+        self._spend_warned = 0.0  # the highest fraction of the cap already warned about
         self.journal = journal
         self.budget = budget
         self.pricing = pricing
@@ -239,6 +262,7 @@ class Supervisor:
             self._duration_s.append(0.0)
             self._endpoint.append(None)
             self._sent_at.append(0.0)
+            self._reservation.append(None)
             self._open += 1
             self.metrics.total += 1
 
@@ -308,7 +332,27 @@ class Supervisor:
                 self.metrics.interrupted = self._open > 0
                 return True
             return False
-        return self._open == 0 and not self._accepting and self._inbox.empty()
+        if self._open == 0 and not self._accepting and self._inbox.empty():
+            return True
+        held = self._held()
+        if held is not None and self.pool.in_flight() == 0:
+            self.metrics.stopped_by = held
+            return True
+        return False
+
+    def _held(self) -> str | None:
+        """Why the run cannot go on (a cap bound, a provider refused the account) when
+        nothing else can move: None while anything may still be sent."""
+        if not (self._capped or self._account) or len(self.timers):
+            return None
+        if self.ready.best() is not None or self.ready.next_alarm() is not None:
+            return None
+        if self.ready.count(_FN_BUCKET):
+            return None
+        reasons = [f"{which} is reached" for which in dict.fromkeys(self._capped.values())]
+        if reasons and self.spend is not None:
+            reasons[-1] += f" (${self.spend.spent_usd:.4f} spent)"
+        return "; ".join([*reasons, *dict.fromkeys(self._account.values())])
 
     def _timeout(self, now: float, wake_at: float | None) -> float:
         deadlines = [now + _MAX_WAIT_S]
@@ -402,9 +446,15 @@ class Supervisor:
                 self._finalize([(node, failure_entry(self.tasks[node], code, message,
                                                      attempts=attempts))])  # fmt: skip
                 continue
+            provider = self.tasks[node].provider
+            if provider in self._account:
+                self.ready.sleep(bucket_key, math.inf, "account")  # pending until a resume
+                continue
             at, endpoint, reason = self._may_send(bucket_key, node, cost, now)
             if at > now:
                 self.ready.sleep(bucket_key, at, reason)
+                continue
+            if self.spend is not None and not self._reserve(bucket_key, node):
                 continue
             self.ready.pop(bucket_key)
             call = self._prepare(node, bucket_key, cost, now, endpoint)
@@ -416,6 +466,32 @@ class Supervisor:
             in_flight = self.pool.in_flight()
             self.metrics.peak_in_flight = max(self.metrics.peak_in_flight, in_flight)
         return self.ready.next_alarm() if room > 0 else None
+
+    def _reserve(self, bucket_key: Hashable, node: int) -> bool:
+        """Hold the node's worst-case cost against the caps (turborun/spend.py). False
+        when it would pass one: its model waits until an answer gives back part of a
+        reservation; the run ends (the rest pending) once nothing is in flight and
+        nothing fits."""
+        assert self.spend is not None
+        task = self.tasks[node]
+        r = self.spend.worst_case(
+            task.provider, task.model, task.prompt_tokens, task.max_output_tokens
+        )
+        refused = self.spend.why_not(r)
+        if refused is None:
+            self._reservation[node] = r
+            return True
+        _, which = refused
+        if which not in self._cap_logged:
+            self._cap_logged.add(which)
+            log.warning(
+                "%s is reached for %s/%s: spent $%.4f, $%.4f held by %d requests in flight",
+                which, *r.model, self.spend.spent_usd, self.spend.reserved_usd,
+                self.pool.in_flight(),
+            )  # fmt: skip
+        self._capped[bucket_key] = which
+        self.ready.sleep(bucket_key, math.inf, "cap")
+        return False
 
     def _refusal(self, bucket_key: Hashable, node: int, cost: int) -> tuple[str, str] | None:
         """(error code, message) when the node can never be sent: its provider refused
@@ -514,6 +590,9 @@ class Supervisor:
             self._finalize([(node, entry)])
             return None
         bucket = self._bucket(bucket_key)
+        reservation = self._reservation[node]
+        if reservation is not None and self.spend is not None:
+            self.spend.reserve(reservation)
         if bucket is not None:
             bucket.spend(cost)
             self._load(bucket_key).sent(now, cost)
@@ -584,6 +663,11 @@ class Supervisor:
         stats = self._model_stats(task)
         bucket_key = self._bucket_key(task)
         bucket = self._bucket(bucket_key)
+        if not outcome.ok and task.provider != FN_PROVIDER:
+            problem = account_problem(outcome.status_code, outcome.body)
+            if problem is not None:
+                self._refused_account(node, bucket, problem, outcome)
+                return None
         quota_parked = False
         if bucket is not None:
             quota_parked = bucket.settle(outcome, self._cost[node], task.prompt_tokens)
@@ -603,6 +687,7 @@ class Supervisor:
             tier=served_tier(outcome.body),  # flex answers at flex prices
         )
         self._count_attempt(stats, outcome, cost)
+        self._settle_spend(node, outcome, cost)
         if outcome.error_kind == CAPACITY:
             self._capacity_hits[node] = self._capacity_hits.get(node, 0) + 1
         self._duration_s[node] = outcome.latency_s
@@ -634,6 +719,63 @@ class Supervisor:
             self.timers.add(now + delay, node)
             return None
         return self._entry(node, outcome, cost)
+
+    def _settle_spend(self, node: int, outcome: Outcome, cost: float | None) -> None:
+        """Replace the node's reservation by what its answer cost. An answer without
+        usage, a timeout or a dropped connection (the provider may have done the work)
+        keeps the whole reservation as spent; other errors cost nothing."""
+        reservation = self._reservation[node]
+        self._reservation[node] = None
+        if reservation is None or self.spend is None:
+            return
+        if outcome.error_kind in (TIMEOUT, CONNECTION):
+            usd, tokens = None, None
+        elif outcome.ok:
+            usd = cost
+            known = outcome.input_tokens is not None and outcome.output_tokens is not None
+            tokens = (outcome.input_tokens or 0) + (outcome.output_tokens or 0) if known else None
+        else:
+            usd = cost or 0.0
+            tokens = (outcome.input_tokens or 0) + (outcome.output_tokens or 0)
+        self.spend.settle(reservation, usd, tokens)
+        if self._capped:
+            self._capped.clear()  # part of a reservation came back: each model tries again
+            self.ready.wake_waiting("cap")
+        fraction = self.spend.fraction()
+        for mark in (0.5, 0.8):
+            if fraction is not None and fraction >= mark > self._spend_warned:
+                self._spend_warned = mark
+                log.warning(
+                    "%d %% of the spend cap used ($%.4f spent)", round(mark * 100),
+                    self.spend.spent_usd,
+                )  # fmt: skip
+
+    def _refused_account(
+        self, node: int, bucket: Bucket | None, problem: str, outcome: Outcome
+    ) -> None:
+        """The provider says the account cannot pay: nothing more goes to it in this run,
+        the task waits (pending) for a resume once the account is fixed, and nothing of
+        the answer counts against the model's limits or health."""
+        task = self.tasks[node]
+        if bucket is not None:
+            bucket.release(self._cost[node])
+        endpoint = self._endpoint[node]
+        if endpoint is not None:
+            self.endpoints.release(endpoint)
+        reservation = self._reservation[node]
+        self._reservation[node] = None
+        if reservation is not None and self.spend is not None:
+            self.spend.release(reservation)
+        self._attempts[node] -= 1
+        if task.provider not in self._account:
+            why = (
+                f"{task.provider} refused the account (HTTP {outcome.status_code}: {problem}); "
+                f"its tasks stay pending: fix the account (credit, quota, spend limit), "
+                "then resume"
+            )
+            self._account[task.provider] = why
+            log.error("%s", why)
+        self._push_ready(node)
 
     def _entry(self, node: int, outcome: Outcome, cost: float | None) -> dict[str, Any]:
         endpoint = self._endpoint[node]
@@ -723,6 +865,12 @@ class Supervisor:
             if endpoint is not None:
                 self.endpoints.release(endpoint)
                 self.ready.wake_waiting("endpoint")
+            reservation = self._reservation[node]
+            self._reservation[node] = None
+            if reservation is not None and self.spend is not None:
+                # The request may have reached the provider before the process died: its
+                # worst case stays spent, so a cap holds whatever the provider billed.
+                self.spend.settle(reservation, None, None)
             self._attempts[node] -= 1
             self._deaths[node] = self._deaths.get(node, 0) + 1
             if self._deaths[node] >= _MAX_DEATHS_PER_NODE:
@@ -832,8 +980,47 @@ class Supervisor:
                 in_flight=self.pool.in_flight(),
                 target=self.target.value,
                 paused=paused,
+                cost_cap_usd=None if self.spend is None else self.spend.max_cost_usd,
+                spent_usd=None if self.spend is None else self.spend.spent_usd,
+                projected_usd=self._projected_usd(),
+                eta_s=self._eta_s(buckets),
             )
         )
+
+    def _projected_usd(self) -> float | None:
+        """What the whole run will have cost at this run's cost per finished task."""
+        cost, done = self.metrics.cost_usd, self._done - self.metrics.resumed
+        if cost is None or done <= 0:
+            return None
+        earlier = 0.0 if self.spend is None else self.spend.spent_usd - cost
+        return earlier + cost / done * (self.metrics.total - self.metrics.resumed)
+
+    def _eta_s(self, buckets: list[Bucket]) -> float | None:
+        """Time left from the remaining work against what binds it: per model, its
+        requests left over its request rate (RPM, or TPM over tokens per request); all
+        of them, over what the in-flight target holds at the latencies seen; the longest
+        chain of work left. None before anything is known."""
+        bounds = []
+        for bucket in buckets:
+            key = (bucket.provider, bucket.model)
+            queued = self.ready.count(key)
+            if not queued:
+                continue
+            rates = []
+            if bucket.rpm:
+                rates.append(bucket.rpm / 60.0)
+            load = self._loads.get(key)
+            if bucket.tpm and load is not None and load.tokens_per_request > 0:
+                rates.append(bucket.tpm / 60.0 / load.tokens_per_request)
+            if rates:
+                bounds.append(queued / min(rates))
+        m = self.metrics
+        if m.latencies_s and self.target.value:  # mean attempt latency so far
+            bounds.append(self._open * (m.busy_s / len(m.latencies_s)) / self.target.value)
+        heads = self.ready.heads()
+        if heads:
+            bounds.append(max(self.graph.rank_s[node] for _, node, _ in heads))
+        return max(bounds) if bounds else None
 
     def _pauses(self, buckets: list[Bucket]) -> tuple[str, ...]:
         """Why each paused bucket is not sending; every new reason goes to the run log."""

@@ -1,0 +1,107 @@
+"""The spend caps of one run, from its configuration and its checkpoint.
+
+* Checked before anything is sent (ConfigError, exit 2): a cost cap needs a price for
+  every model it bounds (configs/pricing.toml gives one), and every task that
+  generates text must name its maximum output (``max_tokens`` and its kin), or its
+  worst case, hence the cap, would have no bound.
+* A resume continues the same budget: what the journal says earlier attempts of this
+  run cost counts from the start, and a cap recorded in run.json holds unless the
+  command line (or environment) gives another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from turborun.config import Config
+from turborun.exceptions import ConfigError
+from turborun.pricing import Pricing
+from turborun.records import FN_PROVIDER
+from turborun.spend import SpendCaps
+from turborun.tasks import Task
+
+# Endpoints whose answers are generated text, bounded only by a requested maximum.
+_GENERATING = ("/chat/completions", "/completions", "/responses")
+
+
+def spend_caps(
+    config: Config,
+    pricing: Pricing,
+    tasks: Iterable[Task],
+    *,
+    recorded: Mapping[str, Any],
+    journal_entries: Iterable[tuple[str, Mapping[str, Any]]],
+) -> SpendCaps | None:
+    """The run's caps (None: no cap set). ``recorded``: run.json of the checkpoint
+    being resumed ({} for a new run); ``journal_entries``: its journal."""
+    max_cost = config.max_cost
+    if max_cost is None and _number(recorded.get("max_cost_usd")):
+        max_cost = float(recorded["max_cost_usd"])
+    max_tokens = config.max_tokens_total
+    if max_tokens is None and _number(recorded.get("max_tokens_total")):
+        max_tokens = int(recorded["max_tokens_total"])
+    caps = SpendCaps(
+        pricing,
+        max_cost_usd=max_cost,
+        model_caps_usd=dict(config.model_caps_usd),
+        max_tokens_total=max_tokens,
+    )
+    if not caps.active:
+        return None
+    _check(caps, list(tasks))
+    for _, entry in journal_entries:
+        cost = entry.get("cost_usd")
+        tokens = (entry.get("input_tokens") or 0) + (entry.get("output_tokens") or 0)
+        model = (str(entry.get("provider") or ""), str(entry.get("model") or ""))
+        if _number(cost) or tokens:
+            caps.add_spent(model, float(cost) if _number(cost) else 0.0, int(tokens))
+    return caps
+
+
+def _check(caps: SpendCaps, tasks: list[Task]) -> None:
+    unpriced: dict[str, int] = {}
+    unbounded: list[Task] = []
+    for task in tasks:
+        if task.provider == FN_PROVIDER:
+            continue
+        if not caps.priced(task.provider, task.model):
+            name = f"{task.provider}/{task.model}"
+            unpriced[name] = unpriced.get(name, 0) + 1
+        if task.max_output_tokens <= 0 and task.url.endswith(_GENERATING):
+            unbounded.append(task)
+    if unpriced:
+        names = ", ".join(f"{n} ({c} tasks)" for n, c in sorted(unpriced.items()))
+        raise ConfigError(
+            "--max-cost",
+            None,
+            f"--max-cost cannot bound models without a known price: {names}; give their "
+            "prices in configs/pricing.toml (USD per million tokens: input, output), or "
+            "bound a self-hosted model with --max-tokens-total",
+        )
+    if unbounded:
+        first = unbounded[0]
+        raise ConfigError(
+            "--max-cost",
+            None,
+            f"a spend cap needs every task's maximum output: {len(unbounded)} tasks set no "
+            f"max_tokens (or max_completion_tokens / max_output_tokens), the first "
+            f"{first.custom_id!r} (line {first.line}); without it a request's cost has no bound",
+        )
+
+
+def recorded_caps(caps: SpendCaps | None) -> dict[str, Any]:
+    """What run.json keeps so that a resume continues the same budget."""
+    if caps is None:
+        return {}
+    kept: dict[str, Any] = {}
+    if caps.max_cost_usd is not None:
+        kept["max_cost_usd"] = caps.max_cost_usd
+    if caps.max_tokens_total is not None:
+        kept["max_tokens_total"] = caps.max_tokens_total
+    kept["spent_usd"] = round(caps.spent_usd, 6)
+    return kept
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -288,21 +288,25 @@ class RayPool:
 
     def wait_started(self, timeout_s: float = 120.0) -> None:
         """Wait until every actor has connected back and said hello. An actor that ends
-        first (turborun not importable on its node, the driver unreachable) stops the run
-        with WorkerStartError instead of an endless respawn. Idempotent."""
+        first is replaced on another node (its node may have just died: Ray lists a node
+        as alive for a while after); more such ends than there are actors (turborun not
+        importable on the nodes, the driver unreachable) stop the run with
+        WorkerStartError instead of an endless respawn. Idempotent."""
         if self._started:
             return
         self._join_launcher()
         deadline = time.monotonic() + timeout_s
+        failures = 0
         while not all(slot.hello for slot in self._slots):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
                 raise WorkerStartError(f"Ray worker actors did not start within {timeout_s:.0f} s")
             ended = self._wait_once(remaining, [], PoolEvents())
-            if ended:
+            failures += len(ended)
+            if failures > self._processes:
                 self.kill()
-                raise WorkerStartError(f"a Ray worker actor ended at start: {ended[0]}")
+                raise WorkerStartError(f"Ray worker actors ended at start: {ended[0]}")
         self._started = True
         log.info("%d Ray worker actors on %d nodes", len(self._slots), len(self.nodes()))
 
@@ -500,8 +504,7 @@ class RayPool:
         events.deaths += 1
         self.deaths += 1
         log.warning("a Ray worker actor ended (%s) holding %d calls", reason, len(slot.held))
-        if self._started:
-            self._slots[self._slots.index(slot)] = self._spawn(avoid=slot.node)
+        self._slots[self._slots.index(slot)] = self._spawn(avoid=slot.node)
 
     # ---- stop ------------------------------------------------------------------------
 

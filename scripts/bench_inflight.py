@@ -58,16 +58,15 @@ def _tasks(n: int, max_tokens: int = 200) -> list[dict]:
 
 
 def _config(urls: list[str], folder: Path, **kw: object) -> Config:
-    config = Config(
+    if len(urls) > 1:
+        kw["provider_endpoints"] = {"openai": tuple(urls)}
+    return Config(
         checkpoint_dir=folder,
         base_urls={"openai": urls[0]},
         api_keys={"openai": "sk-bench"},
         progress=False,
         **kw,  # type: ignore[arg-type]
     )
-    if len(urls) > 1:
-        config.provider_endpoints = {"openai": tuple(urls)}
-    return config
 
 
 class _RssSampler:

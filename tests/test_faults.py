@@ -134,8 +134,8 @@ def test_sigkilled_worker_neither_opens_the_breaker_nor_pauses_its_bucket(tmp_pa
     model = "kill-breaker"
     with Simulator(latency_s=1.0) as sim:
         config = _config(sim.openai_base_url, tmp_path, workers=300, processes=2,
-                         breaker_failures=5, breaker_cooldown_s=30.0)  # fmt: skip
-        config.model_limits[("openai", model)] = Limit(rpm=600_000, tpm=1e9)
+                         breaker_failures=5, breaker_cooldown_s=30.0,
+                         model_limits={("openai", model): Limit(rpm=600_000, tpm=1e9)})  # fmt: skip
         snapshots: list[Progress] = []
         tasks = [_task(f"k{i:03d}", model) for i in range(300)]
         result = _run(tasks, config, snapshots, kill_one)
@@ -239,8 +239,8 @@ def test_process_with_too_many_stuck_steps_is_replaced_and_the_run_goes_on(step_
 
 def test_request_over_the_configured_tpm_fails_at_once_and_smaller_ones_run(simulator, tmp_path):
     model = f"tpm-{uuid.uuid4().hex[:8]}"
-    config = _config(simulator.openai_base_url, tmp_path, workers=4)
-    config.model_limits[("openai", model)] = Limit(rpm=6000, tpm=10_000)
+    config = _config(simulator.openai_base_url, tmp_path, workers=4,
+                     model_limits={("openai", model): Limit(rpm=6000, tpm=10_000)})  # fmt: skip
     tasks = [_task("huge", model, max_tokens=1_000_000_000, priority="critical")]
     tasks += [_task(f"small{i}", model, max_tokens=8) for i in range(5)]
     result = _run(tasks, config)

@@ -51,18 +51,17 @@ def _tasks(n: int, prefix: str = "t") -> list[dict[str, Any]]:
 
 def _config(tmp_path: Path, urls: list[str], *, rpm: float | None = None, **kw: Any) -> Config:
     kw.setdefault("processes", 2)
-    config = Config(
+    if len(urls) > 1:
+        kw["provider_endpoints"] = {"openai": tuple(urls)}
+    if rpm is not None:
+        kw["model_limits"] = {("openai", MODEL): Limit(rpm=rpm, tpm=HUGE_TPM)}
+    return Config(
         checkpoint_dir=tmp_path / "ck",
         base_urls={"openai": urls[0]},
         api_keys={"openai": "sk-test"},
         progress=False,
         **kw,
     )
-    if len(urls) > 1:
-        config.provider_endpoints = {"openai": tuple(urls)}
-    if rpm is not None:
-        config.model_limits[("openai", MODEL)] = Limit(rpm=rpm, tpm=HUGE_TPM)
-    return config
 
 
 def _run(tasks: list[dict[str, Any]], config: Config, snapshots: list[Progress] | None = None,

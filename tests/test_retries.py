@@ -146,8 +146,8 @@ def test_configured_limit_paces_evenly_with_no_429(tmp_path):
     model = "paced"
     with Simulator(latency_s=0.01, limits={model: (1800, None)}, rate_headers=False) as sim:
         tasks = [_task(f"r{i}", f"paced {i}", model=model) for i in range(60)]
-        config = _config(sim, tmp_path, workers=16)
-        config.model_limits[("openai", model)] = Limit(rpm=1800)
+        limits = {("openai", model): Limit(rpm=1800)}
+        config = _config(sim, tmp_path, workers=16, model_limits=limits)
         result = _run(tasks, config)
         times = sorted(r["t"] for r in sim.requests())
     assert result.metrics.rate_limited == 0 and result.success_rate == 1.0

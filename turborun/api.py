@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,9 @@ def execute_batch(
     try:
         from turborun.batches.modes import requested_via  # "mode": "batch" on tasks
 
-        config.via = requested_via(config.via, taskset, None if taskset.path else items)
+        via = requested_via(config.via, taskset, None if taskset.path else items)
+        if via != config.via:
+            config = replace(config, via=via)
         if config.via == "batch":  # the providers' Batch APIs (turborun/batches/)
             from turborun.batches import run_via_batch
 

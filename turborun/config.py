@@ -58,8 +58,12 @@ class Limit:
     tpm: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Config:
+    """One run's settings, immutable: ``load_config`` builds it in one call and a
+    variant is made with ``dataclasses.replace`` (a run that points the providers at
+    its simulator makes its own copy; the caller's Config never changes)."""
+
     workers: int | None = None  # None: auto (DEFAULT_WORKERS to start, sized by rate × latency)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     endpoint_max_in_flight: int | None = None  # a cap for every endpoint
@@ -159,6 +163,9 @@ FLAG_NAMES = {
     "max_cost": "--max-cost",
     "max_tokens_total": "--max-tokens-total",
 }
+_SWITCHES = ("simulate", "progress", "cancel_on_interrupt")  # flags without a variable
+
+
 _LIMIT_KEYS = ("rpm", "tpm")
 # A word of 20+ key characters holding letters and digits: what a pasted API key looks like.
 _WORD = re.compile(r"[A-Za-z0-9_-]{20,}")
@@ -376,7 +383,7 @@ def load_config(
     """The run's Config. ``flags``: workers, processes, strategy, rpm, tpm, max_retries,
     timeout_s, checkpoint_dir, simulate, progress (None: not given). ``environ``:
     os.environ by default; ``cwd``: where .env and configs/ are looked for."""
-    unknown = sorted(set(flags) - set(FLAG_NAMES) - {"simulate", "progress", "cancel_on_interrupt"})
+    unknown = sorted(set(flags) - set(FLAG_NAMES) - set(_SWITCHES))
     if unknown:
         raise ConfigError(unknown[0], None, f"unknown setting: {', '.join(unknown)}")
     cwd = Path.cwd() if cwd is None else Path(cwd)
@@ -388,15 +395,17 @@ def load_config(
         dotenv_path=str(dotenv_path),
         toml=_load_toml(cwd / CONFIGS_DIR),
     )
-    config = Config()
+    values: dict[str, Any] = {}
     for name in _SETTINGS:
         value = sources.setting(name)
         if value is not None:
-            setattr(config, name, value)
-    if config.workers is not None:
-        config.processes = min(config.processes, config.workers)  # clamped, not an error
+            values[name] = value
+    processes = values.get("processes", default_processes())
+    if values.get("workers") is not None:
+        processes = min(processes, values["workers"])  # clamped, not an error
+    values["processes"] = processes
     # The Ray backend's actors live on the cluster, whose size is not known here.
-    if config.processes > max_processes() and config.backend == "local":
+    if processes > max_processes() and values.get("backend", "local") == "local":
         label, raw, where = sources.origin("processes")
         cpus = os.cpu_count() or 1
         what = (
@@ -404,37 +413,39 @@ def load_config(
             "each process carries thousands of requests, more only cost memory"
         )
         raise _fail(label, raw, what, where)
-    config.override_limit = Limit(
-        rpm=_flag_limit(flags, "rpm"),
-        tpm=_flag_limit(flags, "tpm"),
-    )
-    config.provider_limits = _provider_limits(sources)
-    config.model_limits = {
-        key: Limit(rpm=limits.get("rpm"), tpm=limits.get("tpm"))
-        for key, limits in sources.toml.model_limits.items()
-    }
+    api_keys: dict[str, str] = {}
     for provider, variable in KEY_VARIABLES.items():
         found = sources.variable(variable)
         raw = _raw_variable(sources, variable) if found is None else found[0]
         if raw is not None:
-            config.api_keys[provider] = raw
+            api_keys[provider] = raw
+    base_urls: dict[str, str] = {}
+    provider_endpoints: dict[str, tuple[str, ...]] = {}
     for provider, variable in BASE_URL_VARIABLES.items():
         found = sources.variable(variable)
         if found is not None:
             urls = _base_urls(variable, found[0], found[1])
-            config.base_urls[provider] = urls[0]
+            base_urls[provider] = urls[0]
             if len(urls) > 1:
-                config.provider_endpoints[provider] = urls
-    config.model_endpoints = dict(sources.toml.model_endpoints)
-    config.endpoint_caps = dict(sources.toml.endpoint_caps)
-    config.model_caps_usd = dict(sources.toml.model_caps_usd)
-    if flags.get("simulate") is not None:
-        config.simulate = bool(flags["simulate"])
-    if flags.get("cancel_on_interrupt") is not None:
-        config.cancel_on_interrupt = bool(flags["cancel_on_interrupt"])
-    if flags.get("progress") is not None:
-        config.progress = bool(flags["progress"])
-    return config
+                provider_endpoints[provider] = urls
+    for name in _SWITCHES:
+        if flags.get(name) is not None:
+            values[name] = bool(flags[name])
+    return Config(
+        **values,
+        override_limit=Limit(rpm=_flag_limit(flags, "rpm"), tpm=_flag_limit(flags, "tpm")),
+        provider_limits=_provider_limits(sources),
+        model_limits={
+            key: Limit(rpm=limits.get("rpm"), tpm=limits.get("tpm"))
+            for key, limits in sources.toml.model_limits.items()
+        },
+        api_keys=api_keys,
+        base_urls=base_urls,
+        provider_endpoints=provider_endpoints,
+        model_endpoints=dict(sources.toml.model_endpoints),
+        endpoint_caps=dict(sources.toml.endpoint_caps),
+        model_caps_usd=dict(sources.toml.model_caps_usd),
+    )
 
 
 def _read_dotenv(path: Path) -> Mapping[str, str | None]:

@@ -4,6 +4,7 @@ latency model and the worker pool. Shared by ``execute_batch`` and ``Runner``.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing as mp
@@ -78,11 +79,11 @@ class RunSession:
                 "a run cannot start inside a worker process that is importing the main module; "
                 f"{MAIN_GUARD_HINT}"
             )
-        config = self.config
-        if config.simulate:
+        if self.config.simulate:
             self._start_simulator()
         else:
-            require_keys(config, self._providers)
+            require_keys(self.config, self._providers)
+        config = self.config
         checkpoint_dir = config.checkpoint_dir
         if self.run_name is None:  # Python API without a checkpoint name: a private one
             self._tmp = tempfile.TemporaryDirectory(prefix="turborun-")
@@ -103,7 +104,9 @@ class RunSession:
             breaker_cooldown_s=config.breaker_cooldown_s,
         )
         self.pricing = Pricing.load(Pricing.default_paths(Path.cwd()))
-        self.latency = LatencyModel(config.checkpoint_dir / "_latency.json")
+        # Beside the checkpoints: a private run's temporary folder keeps its own, so a run
+        # without a checkpoint name writes nothing into the caller's working directory.
+        self.latency = LatencyModel(checkpoint_dir / "_latency.json")
         start = config.start_workers
         processes = max(1, min(config.processes, start))
         self.target = _in_flight_target(config, processes)
@@ -134,11 +137,12 @@ class RunSession:
         from turborun.simulator import Simulator
 
         self.simulator = Simulator(latency_s=0.05, latency_per_token_s=0.0005).start()
-        self.config.base_urls = {
-            "openai": self.simulator.openai_base_url,
-            "groq": self.simulator.base_url,
-        }
-        self.config.api_keys = {"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY}
+        # The run's own copy: the caller's Config keeps its URLs and keys.
+        self.config = dataclasses.replace(
+            self.config,
+            base_urls={"openai": self.simulator.openai_base_url, "groq": self.simulator.base_url},
+            api_keys={"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY},
+        )
 
     def _attach_log(self, path: Path) -> None:
         try:

@@ -8,6 +8,7 @@ a registry beside the journal (``registry.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -57,7 +58,7 @@ def run_via_batch(
     handler: logging.Handler | None = None
     try:
         if config.simulate:
-            simulator = _start_simulator(config)
+            simulator, config = _start_simulator(config)
         else:
             require_keys(config, taskset.providers())
         checkpoint_dir = config.checkpoint_dir
@@ -136,13 +137,17 @@ def run_via_batch(
     )
 
 
-def _start_simulator(config: Config) -> Any:
+def _start_simulator(config: Config) -> tuple[Any, Config]:
+    """The simulator, and a copy of ``config`` pointing at it (the caller's is unchanged)."""
     from turborun.simulator import Simulator
 
     simulator = Simulator(latency_s=0.05, batches={"latency_s": SIMULATED_BATCH_S}).start()
-    config.base_urls = {"openai": simulator.openai_base_url, "groq": simulator.base_url}
-    config.api_keys = {"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY}
-    return simulator
+    pointed = dataclasses.replace(
+        config,
+        base_urls={"openai": simulator.openai_base_url, "groq": simulator.base_url},
+        api_keys={"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY},
+    )
+    return simulator, pointed
 
 
 def _check_registry(registry: Registry, folder: Path, *, resume: bool, fresh: bool) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 
 import pytest
 
-from turborun import Config, Runner, execute_batch
+from turborun import Config, ConfigError, Runner, Status, execute_batch
 from turborun.config import load_config
+from turborun.journal import encode_entry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,3 +77,36 @@ def test_a_run_without_a_checkpoint_name_leaves_the_working_directory_untouched(
         assert run.submit(_chat("c")).result(timeout=60).status == "succeeded"
     assert _listing(workdir) == before
     assert not os.path.exists(workdir / "checkpoints")
+
+
+def test_every_setting_load_config_takes_is_a_typed_keyword_of_execute_batch(
+    workdir: Path,
+) -> None:
+    from turborun.config import FLAG_NAMES, Settings
+
+    names = set(Settings.__optional_keys__)
+    assert names | {"progress"} == set(FLAG_NAMES) | {"simulate", "progress", "cancel_on_interrupt"}
+    load_config(dict.fromkeys(names), environ={}, cwd=workdir)  # none refused
+    for function in (execute_batch, Runner.__init__):
+        signature = inspect.signature(function)
+        kinds = {p.name: p.kind for p in signature.parameters.values()}
+        assert kinds.pop("settings") is inspect.Parameter.VAR_KEYWORD
+        assert signature.parameters["settings"].annotation == "Unpack[Settings]"
+        assert not names & set(kinds)  # no setting shadowed by a parameter
+        named = [n for n, kind in kinds.items() if n not in ("tasks", "self")]
+        assert all(kinds[n] is inspect.Parameter.KEYWORD_ONLY for n in named)
+
+
+def test_a_misspelt_setting_is_refused_before_anything_runs(workdir: Path) -> None:
+    with pytest.raises(ConfigError, match="wrokers"):
+        execute_batch([_chat("a")], simulate=True, wrokers=4)  # type: ignore[call-arg]
+    assert _listing(workdir) == []
+
+
+def test_status_members_are_the_journals_words(workdir: Path) -> None:
+    result = execute_batch([_chat("a")], config=_simulating(workdir))
+    status = result.results["a"].status
+    assert status is Status.SUCCEEDED and status == "succeeded"
+    # What reaches the journal, run.json and the results file is the plain text.
+    assert encode_entry({"status": status}) == b'{"status":"succeeded"}'
+    assert [s.value for s in Status] == ["succeeded", "failed", "skipped", "pending"]

@@ -12,19 +12,25 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "BatchResult",
+    "CheckpointDamaged",
     "CheckpointError",
     "CheckpointExists",
     "CheckpointLocked",
+    "CheckpointNotFound",
     "Config",
     "ConfigError",
     "InputError",
+    "JournalWriteError",
     "Limit",
     "Metrics",
     "ModelStats",
     "Problem",
     "Progress",
     "Result",
+    "ResultsPathError",
     "Runner",
+    "Settings",
+    "Status",
     "TaskFailed",
     "TurborunError",
     "WorkerStartError",
@@ -38,18 +44,24 @@ _HOME = {
     "execute_batch": "turborun.api",
     "Config": "turborun.config",
     "Limit": "turborun.config",
+    "Settings": "turborun.config",
+    "Status": "turborun.status",
     "Progress": "turborun.supervisor",
     "Metrics": "turborun.metrics",
     "ModelStats": "turborun.metrics",
     **{
         name: "turborun.exceptions"
         for name in (
+            "CheckpointDamaged",
             "CheckpointError",
             "CheckpointExists",
             "CheckpointLocked",
+            "CheckpointNotFound",
             "ConfigError",
             "InputError",
+            "JournalWriteError",
             "Problem",
+            "ResultsPathError",
             "TaskFailed",
             "TurborunError",
             "WorkerStartError",
@@ -59,19 +71,24 @@ _HOME = {
 
 if TYPE_CHECKING:
     from turborun.api import BatchResult, Result, Runner, execute_batch
-    from turborun.config import Config, Limit
+    from turborun.config import Config, Limit, Settings
     from turborun.exceptions import (
+        CheckpointDamaged,
         CheckpointError,
         CheckpointExists,
         CheckpointLocked,
+        CheckpointNotFound,
         ConfigError,
         InputError,
+        JournalWriteError,
         Problem,
+        ResultsPathError,
         TaskFailed,
         TurborunError,
         WorkerStartError,
     )
     from turborun.metrics import Metrics, ModelStats
+    from turborun.status import Status
     from turborun.supervisor import Progress
 
 

@@ -8,23 +8,23 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from turborun.caps import recorded_caps, spend_caps
 from turborun.checkpoint import Checkpoint, Journal, default_run_name, read_meta
-from turborun.config import Config, load_config
-from turborun.entries import SUCCEEDED
+from turborun.config import Config, Settings, load_config
 from turborun.exceptions import CheckpointError, InputError, Problem, TaskFailed
 from turborun.metrics import Metrics
 from turborun.pricing import Pricing
 from turborun.results import check_results_path, default_results_path, write_results
 from turborun.session import RunSession
 from turborun.spend import SpendCaps
-from turborun.supervisor import Supervisor
+from turborun.status import SUCCEEDED, Status
+from turborun.supervisor import Progress, Supervisor
 from turborun.tasks import Task, TaskSet, fingerprint, load_tasks, tasks_from_dicts
 from turborun.templates import template_refs
 from turborun.timeline import Timeline
@@ -38,7 +38,7 @@ class Result:
     """The outcome of one task, as journaled."""
 
     custom_id: str
-    status: str  # "succeeded" | "failed" | "skipped"
+    status: Status  # succeeded, failed or skipped (a str: compares equal to its text)
     text: str | None
     body: Any  # the provider's JSON answer, or a Python step's return value
     error: dict[str, str] | None
@@ -58,7 +58,7 @@ class Result:
     def from_entry(cls, custom_id: str, entry: Mapping[str, Any], resumed: bool) -> Result:
         return cls(
             custom_id=custom_id,
-            status=entry["status"],
+            status=Status(entry["status"]),
             text=entry.get("text"),
             body=entry.get("body"),
             error=entry.get("error"),
@@ -105,13 +105,21 @@ class _JournalResults(Mapping[str, Result]):
 
 @dataclass(slots=True)
 class BatchResult:
+    """What ``execute_batch`` returns once the run has ended (or was stopped).
+
+    ``success_rate`` is succeeded / total (1.0 for an empty run); tasks never finished
+    (an interrupted or capped run) count in the total, not as successes.
+    """
+
+    # custom_id → Result, in task order; read from the journal on access (a million
+    # results cost no memory). A task never finished raises KeyError.
     results: Mapping[str, Result]
-    metrics: Metrics
-    run_name: str
-    checkpoint: Path
-    results_path: Path | None = None
-    interrupted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics  # counts, tokens, cost, latencies and timings of the run
+    run_name: str  # the checkpoint's name ("run" for a private temporary checkpoint)
+    checkpoint: Path  # the run's folder: journal, run.json, run.log (and the report)
+    results_path: Path | None = None  # the results file written (None: none asked)
+    interrupted: bool = False  # stopped by Ctrl-C/SIGTERM; --resume sends the rest
+    extra: dict[str, Any] = field(default_factory=dict)  # room for callers' annotations
     # A journal commit failed (a full disk): the run stopped; what was journaled stays
     # and a resume sends the rest. None: every commit went through.
     journal_error: str | None = None
@@ -137,19 +145,21 @@ def execute_batch(
     fresh: bool = False,
     output: str | os.PathLike[str] | None = None,
     config: Config | None = None,
-    progress: Any = None,
+    progress: Callable[[Progress], object] | bool | None = None,
     handle_signals: bool | None = None,
     accept_lost_journal: bool = False,
-    **settings: Any,
+    **settings: Unpack[Settings],
 ) -> BatchResult:
     """Run a task set to the end and return its results.
 
     ``tasks``: a task-file path or dicts of the task-file schema. ``checkpoint``:
     the run name (its folder under the checkpoint dir); None with dicts keeps a
     private temporary checkpoint, None with a path uses the file's name.
-    ``settings``: workers, max_in_flight, endpoint_max_in_flight, processes, strategy,
-    rpm, tpm, max_retries, timeout_s, checkpoint_dir, simulate (as the command-line
-    flags). ``output``: where to write
+    ``settings``: keyword-only, the names of ``turborun.config.Settings`` (the
+    command line's flags: workers, strategy, rpm, max_cost, via, simulate, ...), read
+    with the environment, ``.env`` and ``configs/`` by ``load_config``; ignored when
+    ``config`` is given (a Config built beforehand, never changed by the run).
+    ``output``: where to write
     the results file (default for a path: beside it; for dicts: none).
     ``progress``: a callable taking ``Progress`` snapshots, True for the command
     line's display on stderr (a tqdm bar on a terminal, else periodic lines), or
@@ -444,7 +454,7 @@ class Runner:
         fresh: bool = False,
         config: Config | None = None,
         accept_lost_journal: bool = False,
-        **settings: Any,
+        **settings: Unpack[Settings],
     ) -> None:
         self._config = config or load_config(settings)
         self._checkpoint = checkpoint

@@ -52,6 +52,7 @@ from turborun.journal import (  # noqa: F401 - re-exported
     encode_entry,
     os_reason,
 )
+from turborun.status import DONE_STATUSES
 
 JOURNAL_DIR = "journal"
 META_FILE = "run.json"
@@ -67,7 +68,6 @@ _VALUE_DIR = re.compile(r"[0-9a-f]{2}")
 _VALUE_FILE = re.compile(r"[0-9a-f]+\.val")
 RUN_NAME_CHARS = "letters, digits, '.', '_' and '-', starting with a letter or digit; at most 128"
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_DONE_KEYS = ("succeeded", "failed", "skipped")
 
 
 class Checkpoint:
@@ -267,7 +267,7 @@ def _check_journal_present(folder: Path) -> None:
 
 def _check_nothing_was_done(folder: Path) -> None:
     meta = read_meta(folder)
-    done = sum(v for k in _DONE_KEYS if isinstance(v := meta.get(k), int))
+    done = sum(v for k in DONE_STATUSES if isinstance(v := meta.get(k), int))
     if done > 0:
         raise CheckpointDamaged(
             _lost(folder, f"the journal in {folder / JOURNAL_DIR} is empty")

@@ -19,6 +19,7 @@ from typing import Any
 from turborun.config import BACKENDS, STRATEGIES, VIAS, load_config
 from turborun.exceptions import InputError, TurborunError
 from turborun.metrics import summary_table
+from turborun.status import DONE_STATUSES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
 EXIT_HELD = 3  # stopped with work pending that --resume can finish (a spend cap, the account)
@@ -343,7 +344,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"tasks file: {meta.get('tasks_file')}")
     print(
         f"journaled {done} of {total}: "
-        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("succeeded", "failed", "skipped"))
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in DONE_STATUSES)
     )
     from turborun.batches import describe  # --via batch: each batch and its state
 

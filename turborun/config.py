@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -30,9 +30,12 @@ DEFAULT_WORKERS = 120  # requests in flight at the start of a run (auto sizing g
 DEFAULT_MAX_IN_FLIGHT = 8192  # the ceiling of auto sizing
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_S = 120.0
-STRATEGIES = ("critical-path", "tokens", "fifo")
-VIAS = ("live", "batch")  # how API tasks are sent (--via)
-BACKENDS = ("local", "ray")  # where the worker processes run (--backend)
+Strategy = Literal["critical-path", "tokens", "fifo"]
+Via = Literal["live", "batch"]  # how API tasks are sent (--via)
+Backend = Literal["local", "ray"]  # where the worker processes run (--backend)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+VIAS: tuple[str, ...] = get_args(Via)
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 def default_processes() -> int:
@@ -68,8 +71,8 @@ class Config:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     endpoint_max_in_flight: int | None = None  # a cap for every endpoint
     processes: int = field(default_factory=default_processes)
-    strategy: str = "critical-path"
-    backend: str = "local"  # "ray": worker processes as Ray actors (turborun/ray_pool.py)
+    strategy: Strategy = "critical-path"
+    backend: Backend = "local"  # "ray": worker processes as Ray actors (turborun/ray_pool.py)
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout_s: float = DEFAULT_TIMEOUT_S
     checkpoint_dir: Path = Path("checkpoints")
@@ -92,7 +95,7 @@ class Config:
     grace_s: float = 15.0  # how long Ctrl-C lets in-flight requests finish
     simulate: bool = False
     # --via batch (turborun/batches/, docs/BATCH.md) and the flex tier
-    via: str = "live"  # "batch": API tasks go through the providers' Batch APIs
+    via: Via = "live"  # "batch": API tasks go through the providers' Batch APIs
     batch_max_lines: int | None = None  # per input file; None: the provider's (50,000)
     batch_max_bytes: int | None = None  # per input file; None: the provider's (200/100 MB)
     batch_poll_s: float = 5.0  # first poll of a batch; backs off 1.5x to 60x this (10 min cap)
@@ -164,6 +167,36 @@ FLAG_NAMES = {
     "max_tokens_total": "--max-tokens-total",
 }
 _SWITCHES = ("simulate", "progress", "cancel_on_interrupt")  # flags without a variable
+
+
+class Settings(TypedDict, total=False):
+    """What ``load_config`` (and so ``execute_batch``/``Runner``) takes by name: the
+    command line's flags, spelled as Python names. Absent or None: the environment,
+    ``.env``, ``configs/*.toml`` or the default decides (SPEC §8)."""
+
+    workers: int | None  # requests in flight, fixed (None: auto)
+    max_in_flight: int | None  # ceiling of the auto sizing
+    endpoint_max_in_flight: int | None  # cap per base URL
+    processes: int | None
+    strategy: Strategy | None
+    backend: Backend | None
+    rpm: float | None  # per-minute limits for every model of the run
+    tpm: float | None
+    max_retries: int | None
+    timeout_s: float | None
+    checkpoint_dir: str | os.PathLike[str] | None
+    via: Via | None
+    batch_max_lines: int | None
+    batch_max_bytes: int | None
+    batch_poll_s: float | None
+    batch_window: str | None  # "24h", "7d"
+    flex_fallback: int | None
+    max_cost: float | None  # USD
+    max_tokens_total: int | None
+    simulate: bool | None
+    cancel_on_interrupt: bool | None
+    # load_config also takes "progress" (the command line's display on or off);
+    # execute_batch has a progress parameter of its own, so it is not a setting here.
 
 
 _LIMIT_KEYS = ("rpm", "tpm")
@@ -380,9 +413,9 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Config:
-    """The run's Config. ``flags``: workers, processes, strategy, rpm, tpm, max_retries,
-    timeout_s, checkpoint_dir, simulate, progress (None: not given). ``environ``:
-    os.environ by default; ``cwd``: where .env and configs/ are looked for."""
+    """The run's Config. ``flags``: the names of ``Settings`` and ``progress`` (None: not
+    given; any other name is a ConfigError). ``environ``: os.environ by default;
+    ``cwd``: where .env and configs/ are looked for."""
     unknown = sorted(set(flags) - set(FLAG_NAMES) - set(_SWITCHES))
     if unknown:
         raise ConfigError(unknown[0], None, f"unknown setting: {', '.join(unknown)}")

@@ -6,13 +6,8 @@ import time
 from typing import Any
 
 from turborun.records import RETRYABLE_KINDS, RETRYABLE_STATUS, Outcome
+from turborun.status import FAILED, SUCCEEDED, Status
 from turborun.tasks import Task
-
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-SKIPPED = "skipped"
-DEPENDENCY_FAILED = "dependency_failed"
-WORKER_DIED = "worker_died"
 
 
 def is_retryable(outcome: Outcome) -> bool:
@@ -56,7 +51,7 @@ def outcome_entry(
 
 
 def failure_entry(
-    task: Task, code: str, message: str, *, attempts: int, status: str = FAILED
+    task: Task, code: str, message: str, *, attempts: int, status: Status = FAILED
 ) -> dict[str, Any]:
     """A node that ends without an outcome of its own (skipped, refused, lost)."""
     return {

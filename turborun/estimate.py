@@ -33,6 +33,7 @@ from turborun.graph import longest_path, topological_order
 from turborun.latency import LatencyModel
 from turborun.pricing import Pricing
 from turborun.records import FN_PROVIDER
+from turborun.status import SUCCEEDED
 from turborun.tasks import Task
 
 OUTPUTS_FILE = "_outputs.json"  # per provider/model: output tokens produced / requested
@@ -138,7 +139,7 @@ def remaining(tasks: list[Task], done: Mapping[str, tuple[str, str]]) -> list[bo
     for node in topological_order(deps):
         status, fingerprint = done.get(tasks[node].custom_id, ("", ""))
         skip[node] = (
-            status == "succeeded"
+            status == SUCCEEDED
             and fingerprint == tasks[node].fingerprint
             and all(skip[p] for p in deps[node])
         )
@@ -338,7 +339,7 @@ def usage_sums(
         if task is None or entry is None or task.provider == FN_PROVIDER:
             continue
         produced = entry.get("output_tokens")
-        if entry.get("status") != "succeeded" or not _number(produced):
+        if entry.get("status") != SUCCEEDED or not _number(produced):
             continue
         if task.max_output_tokens <= 0:
             continue

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-WAITING, READY, RUNNING, SUCCEEDED, FAILED, SKIPPED = range(6)
-DONE_STATES = frozenset({SUCCEEDED, FAILED, SKIPPED})
+from turborun.status import FAILED, SKIPPED, SUCCEEDED, Status
+
+# A node's state: where it is in the run, then its Status once done (one vocabulary
+# with the journal's; comparing these strings costs what comparing ints did).
+WAITING, READY, RUNNING = "waiting", "ready", "running"
 
 
 def find_cycle(deps: dict[str, tuple[str, ...]]) -> list[str] | None:
@@ -90,7 +93,7 @@ class Graph:
         self.waiting: list[int] = []  # dependencies not yet succeeded
         self.duration_s: list[float] = []
         self.rank_s: list[float] = []  # critical path from the node to the end, itself included
-        self.state: list[int] = []
+        self.state: list[str] = []
 
     def __len__(self) -> int:
         return len(self.deps)
@@ -189,7 +192,7 @@ class Graph:
                 released.append(c)
         return released
 
-    def fail(self, node: int, state: int = FAILED) -> list[int]:
+    def fail(self, node: int, state: Status = FAILED) -> list[int]:
         """Record a failure; return every not-yet-finished descendant, now SKIPPED."""
         self.state[node] = state
         skipped = []

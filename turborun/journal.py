@@ -28,6 +28,7 @@ import orjson
 from diskcache.core import MODE_RAW
 
 from turborun.exceptions import CheckpointDamaged, JournalWriteError
+from turborun.status import SUCCEEDED
 
 log = logging.getLogger("turborun")
 
@@ -45,7 +46,6 @@ JOURNAL_SETTINGS: dict[str, Any] = {
 }
 _READ_CHUNK = 2000  # rows per SELECT in entries(): bounded memory, no long-lived cursor
 _KEYS_PER_QUERY = 500  # ids per SELECT in get_many() (old SQLite allows 999 parameters)
-_SUCCEEDED = "succeeded"
 
 
 class Journal:
@@ -188,7 +188,7 @@ def encode_entry(entry: dict[str, Any]) -> bytes:
     """orjson bytes of an entry; raw body bytes embedded without re-parsing them."""
     body = entry.get("body")
     if isinstance(body, bytes | bytearray | memoryview):
-        trusted = entry.get("status") == _SUCCEEDED
+        trusted = entry.get("status") == SUCCEEDED
         entry = {**entry, "body": _embed_body(bytes(body), trusted=trusted)}
     return orjson.dumps(entry)
 

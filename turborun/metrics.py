@@ -45,28 +45,32 @@ class ModelStats:
 
 @dataclass(slots=True)
 class Metrics:
-    total: int = 0
-    succeeded: int = 0
+    """A run's figures (SPEC §6). Task counts cover the whole task set; ``succeeded``
+    includes the ``resumed`` successes taken from the journal, while requests, retries,
+    tokens, cost and latencies count only what this run sent."""
+
+    total: int = 0  # tasks in the run
+    succeeded: int = 0  # resumed ones included
     failed: int = 0
-    skipped: int = 0
-    pending: int = 0  # not finished (an interrupted run)
-    resumed: int = 0
+    skipped: int = 0  # a dependency failed or was skipped
+    pending: int = 0  # not finished (an interrupted or capped run)
+    resumed: int = 0  # journaled successes not sent again
     changed: int = 0  # journaled successes re-run because their task changed
     rerun_descendants: int = 0  # ... and their descendants re-run with them
-    retries: int = 0
-    rate_limited: int = 0
-    makespan_s: float = 0.0
+    retries: int = 0  # attempts after each task's first
+    rate_limited: int = 0  # 429 answers
+    makespan_s: float = 0.0  # wall time of the run loop, from the workers ready to its end
     critical_path_s: float = 0.0  # lower bound: longest chain of measured durations
     busy_s: float = 0.0  # summed attempt latencies
     workers: int = 0  # the in-flight target at its peak (--workers N: N)
     peak_in_flight: int = 0  # requests and steps held by workers at once, at the most
-    peak_target: int = 0
+    peak_target: int = 0  # the in-flight target at its highest
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
     latencies_s: list[float] = field(default_factory=list, repr=False)
     per_model: list[ModelStats] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C/SIGTERM
     stopped_by: str | None = None  # a cap bound or a provider refused the account
 
     @property

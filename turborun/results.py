@@ -27,8 +27,8 @@ import orjson
 
 from turborun.checkpoint import remove_stale_temp
 from turborun.exceptions import ResultsPathError
+from turborun.status import PENDING
 
-PENDING = "pending"
 NOT_RUN = {"code": "not_run", "message": "not run yet: run again with --resume"}
 _WRITE_BUFFER = 1 << 20
 

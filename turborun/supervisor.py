@@ -44,21 +44,10 @@ from turborun.checkpoint import Journal
 from turborun.concurrency import BucketLoad, InFlightTarget, rate_demand
 from turborun.config import Config
 from turborun.endpoints import Endpoint, Endpoints
-from turborun.entries import (
-    DEPENDENCY_FAILED,
-    FAILED,
-    SKIPPED,
-    SUCCEEDED,
-    WORKER_DIED,
-    failure_entry,
-    is_retryable,
-    outcome_entry,
-)
+from turborun.entries import failure_entry, is_retryable, outcome_entry
 from turborun.exceptions import JournalWriteError
 from turborun.flex import fall_back, served_tier
-from turborun.graph import FAILED as NODE_FAILED
 from turborun.graph import READY, RUNNING, Graph, longest_path, topological_order
-from turborun.graph import SKIPPED as NODE_SKIPPED
 from turborun.latency import LatencyModel
 from turborun.metrics import Metrics, ModelStats
 from turborun.pool import WorkerPool
@@ -75,6 +64,7 @@ from turborun.records import (
 )
 from turborun.scheduler import ReadyQueue, Timers, sort_key
 from turborun.spend import Reservation, SpendCaps
+from turborun.status import DEPENDENCY_FAILED, FAILED, SKIPPED, SUCCEEDED, WORKER_DIED, Status
 from turborun.tasks import Task
 from turborun.templates import render_body
 from turborun.timeline import ModelSample, Timeline
@@ -245,7 +235,7 @@ class Supervisor:
                 _, ready = self.graph.add(self._deps[node], self._expected_s(task))
                 if ready:
                     self._push_ready(node)
-                elif self.graph.state[node] == NODE_SKIPPED:
+                elif self.graph.state[node] == SKIPPED:
                     self._skip([node], "a dependency had already failed")
 
     def _extend(self, tasks: list[Task]) -> None:
@@ -913,7 +903,7 @@ class Supervisor:
             failed = [
                 d
                 for d in task.depends_on
-                if self.graph.state[self.index[d]] in (NODE_FAILED, NODE_SKIPPED)
+                if self.graph.state[self.index[d]] in (FAILED, SKIPPED)
             ]
             message = f"{why}: {', '.join(failed[:5])}" if failed else why
             entries.append(
@@ -935,7 +925,7 @@ class Supervisor:
             return False
         return True
 
-    def _finish_count(self, node: int, status: str) -> None:
+    def _finish_count(self, node: int, status: Status) -> None:
         self._open -= 1
         self._done += 1
         if status == SUCCEEDED:

@@ -40,18 +40,12 @@ from turborun.batches.lines import (
     parse_lines,
 )
 from turborun.batches.registry import COLLECTED, INTENT, SUBMITTED, Registry
-from turborun.entries import (
-    DEPENDENCY_FAILED,
-    FAILED,
-    SKIPPED,
-    SUCCEEDED,
-    failure_entry,
-    outcome_entry,
-)
+from turborun.entries import failure_entry, outcome_entry
 from turborun.journal import Journal
 from turborun.metrics import Metrics, ModelStats
 from turborun.pricing import Pricing
 from turborun.records import FN_ERROR, FN_PROVIDER
+from turborun.status import DEPENDENCY_FAILED, FAILED, SKIPPED, SUCCEEDED
 from turborun.supervisor import Progress
 from turborun.tasks import TaskSet
 from turborun.templates import render_body

@@ -25,9 +25,9 @@ import orjson
 
 from turborun.checkpoint import JOURNAL_DIR, LOG_FILE, Journal, read_meta
 from turborun.report.series import Attempt, read_attempts, timeline_series
+from turborun.status import DONE_STATUSES, FAILED, SKIPPED, SUCCEEDED
 
-SUCCEEDED, FAILED, SKIPPED, PENDING = "succeeded", "failed", "skipped", "pending"
-STATUSES = (SUCCEEDED, FAILED, SKIPPED)
+STATUSES = DONE_STATUSES
 SLOWEST = 20
 ERROR_EXAMPLES = 5
 MAX_ERROR_GROUPS = 50

@@ -132,6 +132,11 @@ class TaskSet:
         body = obj.get("body")
         return body if isinstance(body, dict) else {}
 
+    def fileno(self) -> int | None:
+        """The descriptor the bodies are read from: the task file, or the copy a pipe
+        was spooled into (never the path again: a FIFO can be read only once)."""
+        return None if self._file is None else self._file.fileno()
+
     def providers(self) -> set[str]:
         """Providers that API tasks call (fn steps call none)."""
         return {t.provider for t in self.tasks if t.provider != FN_PROVIDER}

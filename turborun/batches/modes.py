@@ -65,21 +65,21 @@ def _modes(taskset: TaskSet, items: Iterable[Mapping[str, Any]] | None) -> dict[
     """Task index -> its "mode", for the tasks that have one."""
     if items is not None:
         return {i: item["mode"] for i, item in enumerate(items) if item.get("mode") is not None}
-    if taskset.path is None:
+    fileno = taskset.fileno()
+    if fileno is None:
         return {}
-    with open(taskset.path, "rb") as file:
-        try:
-            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file
+    try:
+        data = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    except ValueError:  # an empty file
+        return {}
+    with data:
+        if data.find(b'"mode"') < 0:
             return {}
-        with data:
-            if data.find(b'"mode"') < 0:
-                return {}
-            found = {}
-            for i, task in enumerate(taskset.tasks):
-                if task.offset < 0:
-                    continue
-                line = orjson.loads(data[task.offset : task.offset + task.length])
-                if line.get("mode") is not None:
-                    found[i] = line["mode"]
-            return found
+        found = {}
+        for i, task in enumerate(taskset.tasks):
+            if task.offset < 0:
+                continue
+            line = orjson.loads(data[task.offset : task.offset + task.length])
+            if line.get("mode") is not None:
+                found[i] = line["mode"]
+        return found

@@ -418,8 +418,9 @@ def test_lines_refused_for_the_account_wait_for_resume_instead_of_failing(
         again = execute_batch(path, checkpoint="quota", resume=True, config=config)
         batches = _batches(sim)
         resent = _input_ids(sim, batches[1])
-    assert first.interrupted and first.metrics.failed == 0
+    assert first.stopped_by is not None and "refused the account" in first.stopped_by
+    assert not first.interrupted and first.metrics.failed == 0
     assert [lines[c]["turborun"]["status"] for c in "abcd"] == [
         "succeeded", "pending", "pending", "pending"]  # fmt: skip
     assert sorted(resent) == ["b", "c"]  # nothing failed, nothing lost: sent again
-    assert not again.interrupted and again.metrics.succeeded == 4
+    assert again.stopped_by is None and again.metrics.succeeded == 4

@@ -303,6 +303,8 @@ def _run(
         folder = checkpoint.folder
         private = session._tmp is not None  # noqa: SLF001 - a checkpoint that is not kept
         report_path = None if private else _write_report(folder, journal, taskset.tasks)
+        if not private:
+            _record_outputs(config.checkpoint_dir, journal, taskset.tasks, supervisor.resumed)
     keep = session._tmp  # noqa: SLF001 - handed over to the results it backs
     return BatchResult(
         results=_JournalResults(folder, ids, supervisor.resumed, keep),
@@ -332,6 +334,20 @@ def _start_timeline(folder: Path, supervisor: Supervisor, *, fresh: bool) -> Tim
     )
     supervisor.timeline = timeline
     return timeline
+
+
+def _record_outputs(
+    checkpoint_dir: Path, journal: Journal, tasks: list[Task], resumed: set[str]
+) -> None:
+    """Add this run's output/requested token sums to the machine's history, from which
+    ``estimate`` predicts the likely output of later runs (turborun/estimate.py)."""
+    from turborun.estimate import record_ratios, usage_sums
+
+    try:
+        fresh = ((cid, e) for cid, e in journal.entries() if cid not in resumed)
+        record_ratios(checkpoint_dir, usage_sums(tasks, fresh))
+    except Exception:  # only later estimates lose by it
+        log.exception("could not record the run's output lengths")
 
 
 def _write_report(folder: Path, journal: Journal, tasks: Iterable[Task]) -> Path | None:

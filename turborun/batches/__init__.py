@@ -52,6 +52,7 @@ def run_via_batch(
 
     simulator = None
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    report_path: Path | None = None
     checkpoint: Checkpoint | None = None
     registry: Registry | None = None
     clients: dict[str, BatchClient] = {}
@@ -115,6 +116,10 @@ def run_via_batch(
             }  # fmt: skip
         )
         folder = checkpoint.folder
+        if tmp is None:  # a kept checkpoint: its report, as a live run leaves one
+            from turborun.api import _write_report
+
+            report_path = _write_report(folder, journal, taskset.tasks)
     finally:
         for client in clients.values():
             client.close()
@@ -134,6 +139,8 @@ def run_via_batch(
         checkpoint=folder,
         results_path=results_path,
         interrupted=metrics.interrupted,
+        stopped_by=metrics.stopped_by,
+        report_path=report_path,
     )
 
 

@@ -499,7 +499,7 @@ class BatchDriver:
                 pending,
                 why,
             )
-            self.metrics.interrupted = True
+            self.metrics.stopped_by = f"the provider refused the account ({why})"  # exit 3
         else:
             log.error("%d tasks can no longer run", pending)
 

@@ -214,8 +214,12 @@ def test_status_shows_a_run_while_it_runs_and_after(tmp_path: Path, simulator: S
         while "slow" not in sent(simulator, tag) or len(sent(simulator, tag)) < 6:
             assert proc.poll() is None and time.monotonic() < deadline, "run ended early"
             time.sleep(0.05)
-        time.sleep(0.3)  # the five quick answers are journaled by now
+        # Sent is not journaled: ask status until the five quick answers are in.
         during = run_cli(["status", "watched"], tmp_path, env)
+        while "journaled 5 of 6" not in during.stdout:
+            assert proc.poll() is None and time.monotonic() < deadline, during.stdout
+            time.sleep(0.05)
+            during = run_cli(["status", "watched"], tmp_path, env)
         assert proc.poll() is None, "the slow request keeps the run going"
         proc.wait(timeout=60)
     finally:

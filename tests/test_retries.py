@@ -52,14 +52,18 @@ def _run(tasks, config):
 
 @pytest.mark.parametrize("provider", ["openai", "groq"])
 def test_429_waits_retry_after_ms_without_holding_a_worker(simulator, tmp_path, provider):
+    # One worker; a (first, by priority) gets a 429 asking for 700 ms. b is on another
+    # model, so a's slowed bucket does not hold it: b takes the only worker while a
+    # waits, which it could not if the wait happened inside the worker.
     tag = uuid.uuid4().hex
     limited = f"{tag} A [sim:status=429:retry_after_ms=700:times=1]"
     tasks = [
         _task("a", limited, provider=provider, priority="high"),
-        _task("b", f"{tag} B", provider=provider),
+        _task("b", f"{tag} B", provider=provider, model=f"other-{tag[:8]}"),
     ]
     result = _run(tasks, _config(simulator, tmp_path, workers=1))
     assert result.results["a"].status == "succeeded" and result.results["a"].attempts == 2
+    assert result.results["b"].status == "succeeded" and result.results["b"].attempts == 1
     a1, a2 = (r["t"] for r in _receipts(simulator, f"{tag} A"))
     (b,) = (r["t"] for r in _receipts(simulator, f"{tag} B"))
     assert a2 - a1 >= 0.7, "retried earlier than retry-after-ms said"

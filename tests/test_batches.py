@@ -4,6 +4,7 @@ line errors, DAG levels with templates, Ctrl-C detach or cancel, status."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -424,3 +425,18 @@ def test_lines_refused_for_the_account_wait_for_resume_instead_of_failing(
         "succeeded", "pending", "pending", "pending"]  # fmt: skip
     assert sorted(resent) == ["b", "c"]  # nothing failed, nothing lost: sent again
     assert again.stopped_by is None and again.metrics.succeeded == 4
+
+
+def test_a_key_echoed_in_batch_error_lines_is_stored_nowhere(tmp_path: Path) -> None:
+    echo = f" [sim:status=401:message=Incorrect API key provided {OPENAI_KEY}:times=9]"
+    path = _write(tmp_path / "tasks.jsonl", [_task("ok", "fine"), _task("bad", "no" + echo)])
+    with Simulator(batches={"latency_s": 0.1}) as sim:
+        result = execute_batch(path, checkpoint="keys", config=_config(sim, tmp_path))
+    assert result.results["ok"].status == "succeeded"
+    assert result.results["bad"].status == "failed"
+    stored = [tmp_path / "tasks.results.jsonl"]
+    stored += [p for p in (tmp_path / "checkpoints" / "keys").rglob("*") if p.is_file()]
+    for file in stored:
+        assert OPENAI_KEY.encode() not in file.read_bytes(), file
+    body = json.dumps([line for line in _results(tmp_path / "tasks.results.jsonl")])
+    assert "Incorrect API key provided ***" in body  # the echo came back, scrubbed

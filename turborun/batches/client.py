@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from turborun.keys import Scrubber
+
 T = TypeVar("T")
 
 MARKER_KEY = "turborun_intent"  # batch metadata key holding the intent marker
@@ -48,6 +50,7 @@ class BatchClient:
         self.provider = provider
         self._sleep = sleep
         self._rng = random.Random()
+        self._scrubber = Scrubber([api_key])  # what a provider echoes of it is never stored
         kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0, "timeout": timeout_s}
         if base_url:
             kwargs["base_url"] = base_url
@@ -89,8 +92,12 @@ class BatchClient:
     def cancel(self, batch_id: str) -> dict[str, Any]:
         return _as_dict(self._retried(lambda: self._sdk.batches.cancel(batch_id)))
 
-    def content(self, file_id: str) -> bytes:
-        return bytes(self._retried(lambda: self._sdk.files.content(file_id)).read())
+    def content(self, file_id: str, *, errors: bool = False) -> bytes:
+        """A file's bytes without the API key: whole keys in an output file (one search
+        per key), partial forms too in an error file, where providers echo a refused key
+        ("sk-abc***wxyz"), as for live answers (turborun/keys.py)."""
+        data = bytes(self._retried(lambda: self._sdk.files.content(file_id)).read())
+        return self._scrubber.bytes(data, partial=errors)
 
     def find_by_marker(self, marker: str) -> dict[str, Any] | None:
         """The batch whose metadata carries ``marker``, among the newest LIST_SCAN_MAX."""

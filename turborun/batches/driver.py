@@ -520,7 +520,7 @@ class BatchDriver:
         try:
             for key in ("error_file_id", "output_file_id"):  # output wins over error
                 if batch.get(key):
-                    found.update(parse_lines(client.content(batch[key])))
+                    found.update(parse_lines(client.content(batch[key], errors=key[0] == "e")))
         except BatchAPIError as exc:
             log.warning("downloading results of batch %s failed: %s", record["batch_id"], exc)
             self._schedule_poll(record)

@@ -76,3 +76,29 @@ def test_earlier_spend_counts_from_the_start() -> None:
     caps.add_spent(("openai", "gpt-4o"), 0.0095, 900)
     assert caps.why_not(caps.worst_case("openai", "gpt-4o", 0, 100)) is not None
     assert caps.fraction() == pytest.approx(0.95)
+
+
+def test_a_cap_on_a_model_whose_price_is_a_guess_says_so(caplog) -> None:
+    from turborun.caps import spend_caps
+    from turborun.config import Config
+    from turborun.tasks import tasks_from_dicts
+    from turborun.tokens import TokenEstimator
+
+    pricing = Pricing(
+        {
+            ("openai", "sure"): Price(1.0, 1.0, source="https://x", checked="2026-11"),
+            ("openai", "guessed"): Price(1.0, 1.0, source="https://x", checked="unverified: old"),
+            ("openai", "unsourced"): Price(1.0, 1.0),
+        }
+    )
+    items = [
+        {"custom_id": m, "body": {"model": m, "max_tokens": 5, "messages": []}}
+        for m in ("sure", "guessed", "unsourced")
+    ]
+    tasks = tasks_from_dicts(items, TokenEstimator()).tasks
+    with caplog.at_level("WARNING", logger="turborun"):
+        caps = spend_caps(Config(max_cost=1.0), pricing, tasks, recorded={}, journal_entries=())
+    assert caps is not None
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "openai/guessed" in warned and "unverified: old" in warned
+    assert "openai/unsourced" in warned and "openai/sure" not in warned

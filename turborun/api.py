@@ -240,7 +240,7 @@ def _run(
 ) -> BatchResult:
     # A cap that cannot bound the work is refused before a checkpoint is made.
     spend_caps(config, Pricing.load(Pricing.default_paths(Path.cwd())), taskset.tasks,
-               recorded={}, journal_entries=())  # fmt: skip
+               recorded={}, journal_entries=(), warn=False)  # fmt: skip
     session = RunSession(
         config,
         run_name,

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +21,8 @@ from turborun.pricing import Pricing
 from turborun.records import FN_PROVIDER
 from turborun.spend import SpendCaps
 from turborun.tasks import Task
+
+log = logging.getLogger("turborun")
 
 # Endpoints whose answers are generated text, bounded only by a requested maximum.
 _GENERATING = ("/chat/completions", "/completions", "/responses")
@@ -32,6 +35,7 @@ def spend_caps(
     *,
     recorded: Mapping[str, Any],
     journal_entries: Iterable[tuple[str, Mapping[str, Any]]],
+    warn: bool = True,
 ) -> SpendCaps | None:
     """The run's caps (None: no cap set). ``recorded``: run.json of the checkpoint
     being resumed ({} for a new run); ``journal_entries``: its journal."""
@@ -49,7 +53,7 @@ def spend_caps(
     )
     if not caps.active:
         return None
-    _check(caps, list(tasks))
+    _check(caps, list(tasks), warn)
     for _, entry in journal_entries:
         cost = entry.get("cost_usd")
         tokens = (entry.get("input_tokens") or 0) + (entry.get("output_tokens") or 0)
@@ -59,15 +63,20 @@ def spend_caps(
     return caps
 
 
-def _check(caps: SpendCaps, tasks: list[Task]) -> None:
+def _check(caps: SpendCaps, tasks: list[Task], warn: bool) -> None:
     unpriced: dict[str, int] = {}
     unbounded: list[Task] = []
+    guesses: dict[str, str] = {}
     for task in tasks:
         if task.provider == FN_PROVIDER:
             continue
         if not caps.priced(task.provider, task.model):
             name = f"{task.provider}/{task.model}"
             unpriced[name] = unpriced.get(name, 0) + 1
+        elif caps.max_cost_usd is not None or (task.provider, task.model) in caps.model_caps_usd:
+            price = caps.pricing.price(task.provider, task.model)
+            if price is not None and price.guess:
+                guesses[f"{task.provider}/{task.model}"] = price.checked or "no source given"
         if task.max_output_tokens <= 0 and task.url.endswith(_GENERATING):
             unbounded.append(task)
     if unpriced:
@@ -79,6 +88,9 @@ def _check(caps: SpendCaps, tasks: list[Task]) -> None:
             "prices in configs/pricing.toml (USD per million tokens: input, output), or "
             "bound a self-hosted model with --max-tokens-total",
         )
+    for name, checked in sorted(guesses.items()) if warn else ():
+        log.warning("the cost cap counts %s at a price that is a guess (%s): check it, or give "
+                    "it in configs/pricing.toml", name, checked)  # fmt: skip
     if unbounded:
         first = unbounded[0]
         raise ConfigError(

@@ -35,6 +35,7 @@ PER_TOKENS = 1_000_000
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _FIELDS = ("input", "cached_input", "output")
 _TIER_FIELDS = ("batch_input", "batch_output", "flex_input", "flex_output")
+_NOTES = ("source", "checked")  # strings: where and when a price was read
 TIERS = ("standard", "batch", "flex")  # cost_usd(tier=...)
 
 
@@ -47,6 +48,13 @@ class Price:
     cached_input: float | None = None  # None: cached prompt tokens cost ``input``
     batch: tuple[float, float] | None = None  # (input, output) at Batch API rates
     flex: tuple[float, float] | None = None  # (input, output) at the flex tier's rates
+    source: str | None = None  # where the price was read (a URL)
+    checked: str | None = None  # when, and how; "unverified": a guess
+
+    @property
+    def guess(self) -> bool:
+        """No source, or marked unverified: a cap on it says so when the run starts."""
+        return self.source is None or (self.checked or "").startswith("unverified")
 
 
 class Pricing:
@@ -134,7 +142,7 @@ def _read(path: Path | Traversable) -> dict[tuple[str, str], Price]:
 def _price(path: Path | Traversable, label: str, entry: Any) -> Price:
     if not isinstance(entry, dict):
         raise _error(path, f"{label} is not a table (input, cached_input, output)")
-    unknown = sorted(set(entry) - set(_FIELDS) - set(_TIER_FIELDS))
+    unknown = sorted(set(entry) - set(_FIELDS) - set(_TIER_FIELDS) - set(_NOTES))
     if unknown:
         raise _error(path, f"{label}: unknown key {unknown[0]} (expected {', '.join(_FIELDS)})")
     values: dict[str, float] = {}
@@ -159,7 +167,13 @@ def _price(path: Path | Traversable, label: str, entry: Any) -> Price:
         if (pair[0] is None) != (pair[1] is None):
             raise _error(path, f"{label} has {tier}_input or {tier}_output but not both")
         tiers[tier] = pair if pair[0] is not None else None
-    return Price(values["input"], values["output"], values.get("cached_input"), **tiers)
+    notes: dict[str, str] = {}
+    for key in _NOTES:
+        if key in entry:
+            if not isinstance(entry[key], str):
+                raise _error(path, f"{label}.{key} must be a string")
+            notes[key] = entry[key]
+    return Price(values["input"], values["output"], values.get("cached_input"), **tiers, **notes)
 
 
 def _error(path: Path | Traversable, problem: str) -> ConfigError:

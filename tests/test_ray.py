@@ -275,6 +275,47 @@ def test_example_gives_the_same_results_as_the_local_backend_with_actors_on_both
     assert "4 Ray worker actors on 2 nodes" in log
 
 
+def ray_processes() -> set[int]:
+    """Pids of the Ray control processes (GCS, raylets) alive on this machine."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv0 = cmdline.read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if argv0.endswith((b"/gcs_server", b"/raylet")):
+            found.add(int(cmdline.parent.name))
+    return found
+
+
+@in_netns
+def test_without_ray_address_a_local_ray_starts_and_stops_with_the_run(
+    tmp_path: Path, cluster: Any
+) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBORUN_", "RAY_"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    env["TURBORUN_CHECKPOINT_DIR"] = str(tmp_path / "checkpoints")
+    before = ray_processes()
+    # A namespace of its own again: two Ray instances on one address clash over their
+    # fixed ports (the module's cluster is here); --simulate serves inside it.
+    run = "batch examples/essay.jsonl --simulate --no-progress --backend ray"
+    inner = f"ip link set lo up && exec {sys.executable} -m turborun {run}"
+    done = subprocess.run(
+        ["unshare", "-n", "bash", "-c", inner],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = results(tmp_path / "examples" / "essay.results.jsonl")
+    assert {line["turborun"]["status"] for line in lines} == {"succeeded"}
+    assert "1 nodes" in (tmp_path / "checkpoints" / "essay" / "run.log").read_text()
+    wait_for(lambda: ray_processes() == before, 10, "the run's own Ray to stop")
+
+
 @in_netns
 def test_dag_of_2000_tasks_gives_the_same_results_as_the_local_backend(
     tmp_path: Path, cluster: Any, sim: Simulator

@@ -184,7 +184,9 @@ class RayPool:
             raise WorkerStartError(RAY_MISSING) from error
         self._ray = ray
         if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS") or None
+            # "local": a new Ray of our own. With None, ray.init would join whatever
+            # cluster it finds recorded in /tmp/ray, which is not what was asked for.
+            address = os.environ.get("RAY_ADDRESS") or "local"
             # From the launch thread Ray installs no signal handlers: Ctrl-C and SIGTERM
             # stay the supervisor's. log_to_driver keeps the steps' prints visible.
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
@@ -302,7 +304,11 @@ class RayPool:
             if remaining <= 0:
                 self.kill()
                 raise WorkerStartError(f"Ray worker actors did not start within {timeout_s:.0f} s")
-            ended = self._wait_once(remaining, [], PoolEvents())
+            try:
+                ended = self._wait_once(remaining, [], PoolEvents())
+            except Exception as error:  # Ray refused to create a replacement
+                self.kill()
+                raise WorkerStartError(f"Ray worker actors could not start: {error}") from error
             failures += len(ended)
             if failures > self._processes:
                 self.kill()
@@ -415,7 +421,9 @@ class RayPool:
                 slot = self._slot(item[1])
                 if slot is not None and not slot.ended:
                     if slot.conn is not None and slot.conn.poll(0):
-                        self._receive(slot, events)  # answers sent before it died
+                        reason = self._receive(slot, events)  # answers sent before it died
+                        if reason:
+                            ended.append(reason)
                     if not slot.ended:
                         self._replace(slot, events, item[2])
                         ended.append(item[2])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,50 @@ def test_output_ratios_are_kept_between_runs(tmp_path: Path) -> None:
     assert load_ratios(tmp_path) == {}
     (tmp_path / "_outputs.json").write_bytes(b"\xff\xfe garbage")
     assert load_ratios(tmp_path) == {}
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "turborun", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_the_estimate_command_sends_nothing_and_counts_what_a_resume_would_run(
+    tmp_path: Path,
+) -> None:
+    lines = [chat(f"t{i}") for i in range(30)]
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in lines))
+    done = _cli(tmp_path, "estimate", "tasks.jsonl", "--rpm", "60", "--json")
+    assert done.returncode == 0, done.stderr
+    est = json.loads(done.stdout)
+    assert est["tasks"] == 30 and est["bound"] == "rate limit of openai/gpt-4o-mini"
+    assert est["time_s"] == pytest.approx(30 / 60 * 60 + est["models"][0]["latency_s"], abs=0.01)
+    assert not (tmp_path / "checkpoints").exists()  # nothing made, nothing sent
+
+    table = _cli(tmp_path, "batch", "tasks.jsonl", "--estimate", "--simulate")
+    assert table.returncode == 0 and "openai/gpt-4o-mini" in table.stdout
+    assert not (tmp_path / "checkpoints").exists() and "time: ~" in table.stdout
+
+    first = _cli(tmp_path, "batch", "tasks.jsonl", "--simulate", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    lines[0]["body"]["max_tokens"] = 99  # one task changed: a resume runs it again
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in lines))
+    again = json.loads(_cli(tmp_path, "estimate", "tasks.jsonl", "--resume", "--json").stdout)
+    assert (again["tasks"], again["skipped"]) == (1, 29)
+    assert again["models"][0]["output_ratio"] is not None  # learned from the run
+
+
+def test_the_progress_line_shows_spend_against_the_cap_and_the_eta() -> None:
+    from turborun.progress import _postfix
+    from turborun.supervisor import Progress
+
+    p = Progress(done=10, total=100, failed=0, retrying=0, rate_limited=0, tokens_per_min=0,
+                 tpm_limit=None, cost_usd=0.5, cost_cap_usd=2.0, spent_usd=0.75,
+                 projected_usd=5.25, eta_s=125.0)  # fmt: skip
+    text = _postfix(p)
+    assert "cost=$0.7500/$2 cap (~$5.2500 at the end)" in text
+    assert "ETA 2:05" in text
+    bare = Progress(done=0, total=1, failed=0, retrying=0, rate_limited=0, tokens_per_min=0,
+                    tpm_limit=None, cost_usd=None)  # fmt: skip
+    assert "cost=- ETA ?" in _postfix(bare)

@@ -185,3 +185,10 @@ def test_a_token_cap_bounds_a_model_without_a_price(tmp_path: Path) -> None:
     used = sum((line["turborun"]["input_tokens"] or 0) + (line["turborun"]["output_tokens"] or 0)
                for line in lines)  # fmt: skip
     assert 2000 - 150 <= used <= 2000  # within one request's worst case of the cap
+
+
+def test_runner_refuses_a_spend_cap_rather_than_ignoring_it() -> None:
+    from turborun import ConfigError, Runner
+
+    with pytest.raises(ConfigError, match="Runner takes no spend cap"):
+        Runner(max_cost=1.0)

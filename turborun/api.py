@@ -17,7 +17,7 @@ from typing import Any, Unpack
 from turborun.caps import recorded_caps, spend_caps
 from turborun.checkpoint import Checkpoint, Journal, default_run_name, read_meta
 from turborun.config import Config, Settings, load_config
-from turborun.exceptions import CheckpointError, InputError, Problem, TaskFailed
+from turborun.exceptions import CheckpointError, ConfigError, InputError, Problem, TaskFailed
 from turborun.metrics import Metrics
 from turborun.pricing import Pricing
 from turborun.results import check_results_path, default_results_path, write_results
@@ -473,6 +473,13 @@ class Runner:
         **settings: Unpack[Settings],
     ) -> None:
         self._config = config or load_config(settings)
+        if self._config.max_cost is not None or self._config.max_tokens_total is not None:
+            # A stream has no end to budget for: refused rather than silently ignored.
+            raise ConfigError(
+                "max_cost",
+                None,
+                "Runner takes no spend cap (max_cost, max_tokens_total); use execute_batch",
+            )
         self._checkpoint = checkpoint
         self._resume = resume
         self._fresh = fresh

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from turborun.account import account_problem
+from turborun.accounting import Accounts
 from turborun.backoff import retry_delay_s
 from turborun.budget import Bucket, Budget
 from turborun.checkpoint import Journal
@@ -57,7 +58,6 @@ from turborun.records import (
     CAPACITY,
     CONNECTION,
     FN_PROVIDER,
-    RATE_LIMITED,
     TIMEOUT,
     Call,
     Outcome,
@@ -151,7 +151,7 @@ class Supervisor:
         self.ready = ReadyQueue(separate=(_FN_BUCKET,))
         self.timers = Timers()
         self.metrics = Metrics(workers=target.value)
-        self._stats: dict[tuple[str, str], ModelStats] = {}
+        self.accounts = Accounts(self.metrics)  # the figures outcomes add up to
         self._attempts: list[int] = []
         self._deaths: dict[int, int] = {}
         self._capacity_hits: dict[int, int] = {}  # node -> flex capacity answers (flex.py)
@@ -311,7 +311,11 @@ class Supervisor:
             self.metrics.makespan_s = self._clock() - self._started
             self._report_progress(self._clock(), force=True)
             self._sample_timeline(force=True)
-            self._close_metrics()
+            self.accounts.close(
+                pending=self._open,
+                critical_path_s=longest_path(self._deps, self._duration_s),
+                peak_target=self.target.peak,
+            )
             os.close(self._wake_r)
             os.close(self._wake_w)
         return self.metrics
@@ -650,7 +654,7 @@ class Supervisor:
     def _settle(self, node: int, outcome: Outcome, now: float) -> dict[str, Any] | None:
         """Account one outcome; return the node's entry if it is finished."""
         task = self.tasks[node]
-        stats = self._model_stats(task)
+        self.accounts.model(_model_key(task))  # listed in the summary, even if refused
         bucket_key = self._bucket_key(task)
         bucket = self._bucket(bucket_key)
         if not outcome.ok and task.provider != FN_PROVIDER:
@@ -676,7 +680,7 @@ class Supervisor:
             outcome.cached_tokens or 0,
             tier=served_tier(outcome.body),  # flex answers at flex prices
         )
-        self._count_attempt(stats, outcome, cost)
+        self.accounts.attempt(_model_key(task), outcome, cost)
         self._settle_spend(node, outcome, cost)
         if outcome.error_kind == CAPACITY:
             self._capacity_hits[node] = self._capacity_hits.get(node, 0) + 1
@@ -703,8 +707,7 @@ class Supervisor:
             delay = retry_delay_s(
                 self._attempts[node], outcome.retry_after_s, self._rng, escalate=escalate
             )
-            stats.retries += 1
-            self.metrics.retries += 1
+            self.accounts.retry(_model_key(task))
             self.graph.mark_ready(node)
             self.timers.add(now + delay, node)
             return None
@@ -777,30 +780,6 @@ class Supervisor:
             cost_usd=cost,
             endpoint=None if endpoint is None else endpoint.label,
         )
-
-    def _count_attempt(self, stats: ModelStats, outcome: Outcome, cost: float | None) -> None:
-        m = self.metrics
-        stats.requests += 1
-        stats.latencies_s.append(outcome.latency_s)
-        m.latencies_s.append(outcome.latency_s)
-        m.busy_s += outcome.latency_s
-        stats.input_tokens += outcome.input_tokens or 0
-        stats.output_tokens += outcome.output_tokens or 0
-        m.input_tokens += outcome.input_tokens or 0
-        m.output_tokens += outcome.output_tokens or 0
-        stats.add_cost(cost)
-        if cost is not None:
-            m.cost_usd = (m.cost_usd or 0.0) + cost
-        if outcome.error_kind == RATE_LIMITED:
-            stats.rate_limited += 1
-            m.rate_limited += 1
-
-    def _model_stats(self, task: Task) -> ModelStats:
-        key = (task.provider, task.model or task.fn or "")
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats[key] = ModelStats(*key)
-        return stats
 
     def _give_up(
         self, bucket_key: Hashable, bucket: Bucket, outcome: Outcome, endpoint: Endpoint | None
@@ -901,9 +880,7 @@ class Supervisor:
         for node in nodes:
             task = self.tasks[node]
             failed = [
-                d
-                for d in task.depends_on
-                if self.graph.state[self.index[d]] in (FAILED, SKIPPED)
+                d for d in task.depends_on if self.graph.state[self.index[d]] in (FAILED, SKIPPED)
             ]
             message = f"{why}: {', '.join(failed[:5])}" if failed else why
             entries.append(
@@ -928,15 +905,8 @@ class Supervisor:
     def _finish_count(self, node: int, status: Status) -> None:
         self._open -= 1
         self._done += 1
-        if status == SUCCEEDED:
-            self.metrics.succeeded += 1
-        elif status == FAILED:
-            self.metrics.failed += 1
-            self._model_stats(self.tasks[node]).failed += 1
-        else:
-            self.metrics.skipped += 1
-        if status == SUCCEEDED and self._attempts[node] > 0:
-            self._model_stats(self.tasks[node]).succeeded += 1
+        sent = self._attempts[node] > 0
+        self.accounts.finished(_model_key(self.tasks[node]), status, sent=sent)
 
     def _notify(self, node: int, entry: dict[str, Any]) -> None:
         if self._on_done is not None:
@@ -1038,8 +1008,9 @@ class Supervisor:
             return
         limits = {(b.provider, b.model): b for b in self.budget.buckets()}
         models = []
-        for key in sorted(self._stats.keys() | limits.keys()):
-            stats = self._stats.get(key) or ModelStats(*key)
+        models_seen = self.accounts.models
+        for key in sorted(models_seen.keys() | limits.keys()):
+            stats = models_seen.get(key) or ModelStats(*key)
             bucket = limits.get(key)
             models.append(
                 ModelSample(
@@ -1063,13 +1034,10 @@ class Supervisor:
             models=models,
         )
 
-    def _close_metrics(self) -> None:
-        m = self.metrics
-        m.per_model = sorted(self._stats.values(), key=lambda s: (s.provider, s.model))
-        m.pending = self._open
-        m.critical_path_s = longest_path(self._deps, self._duration_s)
-        m.peak_target = self.target.peak
-        m.workers = self.target.peak
+
+def _model_key(task: Task) -> tuple[str, str]:
+    """Whose figures a task's attempts add to: its model, or its step's function."""
+    return (task.provider, task.model or task.fn or "")
 
 
 def _unlimited(bucket: Bucket) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from turborun.backoff import retry_delay_s
+from turborun.backoff import retry_delay_s, should_retry
 from turborun.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
 from turborun.budget import DEFAULT_OUTPUT_RESERVATION, PROBE_PATIENCE_S, Bucket, Budget
 from turborun.config import Limit
@@ -828,6 +828,19 @@ def test_buckets_are_created_once_per_provider_and_model() -> None:
 def test_parse_reset(text: str, seconds: float | None) -> None:
     parsed = parse_reset(text)
     assert parsed == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_retryable_failures_go_again_until_the_retries_are_spent() -> None:
+    def failed(status: int | None, kind: str) -> Outcome:
+        return Outcome("t", 1, status, kind, "x", None)
+
+    for retryable in (failed(429, RATE_LIMITED), failed(503, SERVER_ERROR), failed(None, TIMEOUT),
+                      failed(408, CLIENT_ERROR), failed(409, CLIENT_ERROR)):  # fmt: skip
+        assert should_retry(retryable, attempts=1, max_retries=5)
+        assert should_retry(retryable, attempts=5, max_retries=5)  # the 6th attempt goes
+        assert not should_retry(retryable, attempts=6, max_retries=5)  # it failed: final
+        assert not should_retry(retryable, attempts=1, max_retries=0)
+    assert not should_retry(failed(400, CLIENT_ERROR), attempts=1, max_retries=5)
 
 
 def test_retry_delay_is_never_earlier_than_retry_after() -> None:

@@ -1,12 +1,26 @@
-"""When to try again after a failed attempt."""
+"""Whether and when to try again after a failed attempt."""
 
 from __future__ import annotations
 
 import random
 
+from turborun.records import RETRYABLE_KINDS, RETRYABLE_STATUS, Outcome
+
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_JITTER_S = 0.25  # at most this much added to a server's retry-after
+
+
+def is_retryable(outcome: Outcome) -> bool:
+    """408, 409, 429, 5xx, timeouts and dropped connections (SPEC §5); other errors are
+    the request's own and fail at once."""
+    return outcome.error_kind in RETRYABLE_KINDS or outcome.status_code in RETRYABLE_STATUS
+
+
+def should_retry(outcome: Outcome, attempts: int, max_retries: int) -> bool:
+    """Whether a node whose attempt number ``attempts`` failed with ``outcome`` goes
+    again: a retryable failure with retries left (``max_retries`` after the first)."""
+    return is_retryable(outcome) and attempts <= max_retries
 
 
 def retry_delay_s(

@@ -5,13 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from turborun.records import RETRYABLE_KINDS, RETRYABLE_STATUS, Outcome
+from turborun.records import Outcome
 from turborun.status import FAILED, SUCCEEDED, Status
 from turborun.tasks import Task
-
-
-def is_retryable(outcome: Outcome) -> bool:
-    return outcome.error_kind in RETRYABLE_KINDS or outcome.status_code in RETRYABLE_STATUS
 
 
 def outcome_entry(

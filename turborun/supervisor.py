@@ -39,13 +39,13 @@ import orjson
 
 from turborun.account import account_problem
 from turborun.accounting import Accounts
-from turborun.backoff import retry_delay_s
+from turborun.backoff import retry_delay_s, should_retry
 from turborun.budget import Bucket, Budget
 from turborun.checkpoint import Journal
 from turborun.concurrency import BucketLoad, InFlightTarget, rate_demand
 from turborun.config import Config
 from turborun.endpoints import Endpoint, Endpoints
-from turborun.entries import failure_entry, is_retryable, outcome_entry
+from turborun.entries import failure_entry, outcome_entry
 from turborun.exceptions import JournalWriteError
 from turborun.flex import fall_back, served_tier
 from turborun.graph import READY, RUNNING, Graph, longest_path, topological_order
@@ -702,7 +702,7 @@ class Supervisor:
         elif bucket is not None and (bucket.unreachable or bucket_key in self._given_up):
             code, message = self._give_up(bucket_key, bucket, outcome, endpoint)
             return failure_entry(task, code, message, attempts=self._attempts[node])
-        elif is_retryable(outcome) and self._attempts[node] <= self.config.max_retries:
+        elif should_retry(outcome, self._attempts[node], self.config.max_retries):
             escalate = bucket is None or not bucket.healthy()
             delay = retry_delay_s(
                 self._attempts[node], outcome.retry_after_s, self._rng, escalate=escalate

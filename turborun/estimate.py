@@ -29,10 +29,11 @@ from typing import Any
 
 from turborun.budget import DEFAULT_OUTPUT_RESERVATION
 from turborun.config import Config
-from turborun.graph import longest_path, topological_order
+from turborun.graph import longest_path
 from turborun.latency import LatencyModel
 from turborun.pricing import Pricing
 from turborun.records import FN_PROVIDER
+from turborun.resume import plan_resume
 from turborun.status import SUCCEEDED
 from turborun.tasks import Task
 
@@ -135,15 +136,8 @@ def remaining(tasks: list[Task], done: Mapping[str, tuple[str, str]]) -> list[bo
     task's fingerprint with every ancestor also skipped (the supervisor's rule)."""
     index = {t.custom_id: i for i, t in enumerate(tasks)}
     deps = [tuple(index[d] for d in t.depends_on) for t in tasks]
-    skip = [False] * len(tasks)
-    for node in topological_order(deps):
-        status, fingerprint = done.get(tasks[node].custom_id, ("", ""))
-        skip[node] = (
-            status == SUCCEEDED
-            and fingerprint == tasks[node].fingerprint
-            and all(skip[p] for p in deps[node])
-        )
-    return [not s for s in skip]
+    resumed = plan_resume(deps, tasks, done).resumed
+    return [node not in resumed for node in range(len(tasks))]
 
 
 def estimate(

@@ -62,6 +62,7 @@ from turborun.records import (
     Call,
     Outcome,
 )
+from turborun.resume import plan_resume
 from turborun.scheduler import ReadyQueue, Timers, sort_key
 from turborun.spend import Reservation, SpendCaps
 from turborun.status import DEPENDENCY_FAILED, FAILED, SKIPPED, SUCCEEDED, WORKER_DIED, Status
@@ -188,7 +189,10 @@ class Supervisor:
         nodes = range(first, len(self.tasks))
         durations = [self._expected_s(self.tasks[n]) for n in nodes]
         ready = self.graph.add_many([self._deps[n] for n in nodes], durations)
-        resumed = self._resumable(first, previous)
+        plan = plan_resume(self.graph.deps, self.tasks, previous, first)
+        resumed = plan.resumed
+        self.metrics.changed += plan.changed
+        self.metrics.rerun_descendants += plan.rerun_descendants
         released: list[int] = []
         for node in topological_order(self.graph.deps):
             if node in resumed:
@@ -199,24 +203,6 @@ class Supervisor:
         for node in ready + released:
             if node not in resumed and self.graph.state[node] == READY:
                 self._push_ready(node)
-
-    def _resumable(self, first: int, previous: dict[str, tuple[str, str]]) -> set[int]:
-        resumed: set[int] = set()
-        for node in topological_order(self.graph.deps):
-            if node < first:
-                continue
-            task = self.tasks[node]
-            status, fingerprint = previous.get(task.custom_id, ("", ""))
-            if status != SUCCEEDED:
-                continue
-            parents_ok = all(p in resumed for p in self.graph.deps[node])
-            if fingerprint == task.fingerprint and parents_ok:
-                resumed.add(node)
-            elif fingerprint != task.fingerprint:
-                self.metrics.changed += 1
-            else:
-                self.metrics.rerun_descendants += 1
-        return resumed
 
     def submit(self, tasks: list[Task]) -> None:
         """Thread-safe: add tasks whose dependencies were submitted before (Runner)."""

@@ -104,6 +104,36 @@ class Progress:
     eta_s: float | None = None  # the remaining work against the binding constraint
 
 
+class _PerNode:
+    """What the loop keeps per node: parallel lists indexed by node (a struct of arrays:
+    the hot paths index a list, and ``add`` keeps every list the same length)."""
+
+    __slots__ = (
+        "attempts", "cost", "ready_at", "queued_s", "duration_s", "endpoint", "sent_at",
+        "reservation",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.attempts: list[int] = []  # attempts sent (a call lost with a worker is given back)
+        self.cost: list[int] = []  # tokens reserved by the attempt in flight
+        self.ready_at: list[float] = []  # when it last became ready
+        self.queued_s: list[float] = []  # ready → first sent (-1: not sent yet)
+        self.duration_s: list[float] = []  # measured, for the critical-path lower bound
+        self.endpoint: list[Endpoint | None] = []  # where the attempt in flight went
+        self.sent_at: list[float] = []  # when the attempt in flight was handed over
+        self.reservation: list[Reservation | None] = []  # held against the spend caps
+
+    def add(self) -> None:
+        self.attempts.append(0)
+        self.cost.append(0)
+        self.ready_at.append(0.0)
+        self.queued_s.append(-1.0)
+        self.duration_s.append(0.0)
+        self.endpoint.append(None)
+        self.sent_at.append(0.0)
+        self.reservation.append(None)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -125,7 +155,6 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.spend = spend if spend is not None and spend.active else None
-        self._reservation: list[Reservation | None] = []  # per node: held against the caps
         self._capped: dict[Hashable, str] = {}  # bucket → the cap that holds it now
         self._cap_logged: set[str] = set()  # caps already said to be reached
         self._account: dict[str, str] = {}  # provider → why it refused the account
@@ -153,15 +182,9 @@ class Supervisor:
         self.timers = Timers()
         self.metrics = Metrics(workers=target.value)
         self.accounts = Accounts(self.metrics)  # the figures outcomes add up to
-        self._attempts: list[int] = []
+        self._nodes = _PerNode()
         self._deaths: dict[int, int] = {}
         self._capacity_hits: dict[int, int] = {}  # node -> flex capacity answers (flex.py)
-        self._cost: list[int] = []  # tokens reserved by the node's attempt in flight
-        self._ready_at: list[float] = []
-        self._queued_s: list[float] = []
-        self._duration_s: list[float] = []  # measured, for the critical-path lower bound
-        self._endpoint: list[Endpoint | None] = []  # where the node's attempt in flight went
-        self._sent_at: list[float] = []
         self._open = 0  # nodes not finished
         self._done = 0
         self._disabled: dict[str, str] = {}  # provider → why (401/403)
@@ -231,14 +254,7 @@ class Supervisor:
         for task in tasks:
             self._deps.append(tuple(self.index[d] for d in task.depends_on))
             self.tasks.append(task)
-            self._attempts.append(0)
-            self._cost.append(0)
-            self._ready_at.append(0.0)
-            self._queued_s.append(-1.0)
-            self._duration_s.append(0.0)
-            self._endpoint.append(None)
-            self._sent_at.append(0.0)
-            self._reservation.append(None)
+            self._nodes.add()
             self._open += 1
             self.metrics.total += 1
 
@@ -299,7 +315,7 @@ class Supervisor:
             self._sample_timeline(force=True)
             self.accounts.close(
                 pending=self._open,
-                critical_path_s=longest_path(self._deps, self._duration_s),
+                critical_path_s=longest_path(self._deps, self._nodes.duration_s),
                 peak_target=self.target.peak,
             )
             os.close(self._wake_r)
@@ -372,7 +388,7 @@ class Supervisor:
         if task.prompt_tokens == UNESTIMATED:
             task = self.tasks[node] = self._counted(task)
         self.graph.mark_ready(node)
-        self._ready_at[node] = self._clock()
+        self._nodes.ready_at[node] = self._clock()
         tokens = task.prompt_tokens + task.max_output_tokens
         key = sort_key(
             self.config.strategy, task.priority, self.graph.rank_s[node], tokens, task.index
@@ -422,7 +438,7 @@ class Supervisor:
             if refusal is not None:
                 self.ready.pop(bucket_key)
                 code, message = refusal
-                attempts = self._attempts[node]
+                attempts = self._nodes.attempts[node]
                 self._finalize([(node, failure_entry(self.tasks[node], code, message,
                                                      attempts=attempts))])  # fmt: skip
                 continue
@@ -459,7 +475,7 @@ class Supervisor:
         )
         refused = self.spend.why_not(r)
         if refused is None:
-            self._reservation[node] = r
+            self._nodes.reservation[node] = r
             return True
         _, which = refused
         if which not in self._cap_logged:
@@ -552,7 +568,10 @@ class Supervisor:
                     (
                         node,
                         failure_entry(
-                            task, AUTH, self._disabled[task.provider], attempts=self._attempts[node]
+                            task,
+                            AUTH,
+                            self._disabled[task.provider],
+                            attempts=self._nodes.attempts[node],
                         ),
                     )
                 ]
@@ -565,12 +584,15 @@ class Supervisor:
                 body = fall_back(task.provider, body)  # --flex-fallback: the standard tier
         except Exception as exc:  # a body that cannot be read back or rendered
             entry = failure_entry(
-                task, "render_error", f"{type(exc).__name__}: {exc}", attempts=self._attempts[node]
+                task,
+                "render_error",
+                f"{type(exc).__name__}: {exc}",
+                attempts=self._nodes.attempts[node],
             )
             self._finalize([(node, entry)])
             return None
         bucket = self._bucket(bucket_key)
-        reservation = self._reservation[node]
+        reservation = self._nodes.reservation[node]
         if reservation is not None and self.spend is not None:
             self.spend.reserve(reservation)
         if bucket is not None:
@@ -580,16 +602,16 @@ class Supervisor:
                 self.timeline.sent(bucket_key, cost)
         if endpoint is not None:
             self.endpoints.sent(endpoint, now)
-        self._endpoint[node] = endpoint
-        self._sent_at[node] = now
-        self._cost[node] = cost
-        self._attempts[node] += 1
-        if self._queued_s[node] < 0:
-            self._queued_s[node] = now - self._ready_at[node]
+        self._nodes.endpoint[node] = endpoint
+        self._nodes.sent_at[node] = now
+        self._nodes.cost[node] = cost
+        self._nodes.attempts[node] += 1
+        if self._nodes.queued_s[node] < 0:
+            self._nodes.queued_s[node] = now - self._nodes.ready_at[node]
         self.graph.mark_running(node)
         return Call(
             custom_id=task.custom_id,
-            attempt=self._attempts[node],
+            attempt=self._nodes.attempts[node],
             provider=task.provider,
             method=task.method,
             url=task.url,
@@ -650,13 +672,13 @@ class Supervisor:
                 return None
         quota_parked = False
         if bucket is not None:
-            quota_parked = bucket.settle(outcome, self._cost[node], task.prompt_tokens)
+            quota_parked = bucket.settle(outcome, self._nodes.cost[node], task.prompt_tokens)
             if outcome.ok:
                 self._load(bucket_key).observe(outcome.latency_s)
             self.ready.wake(bucket_key)  # its budget or breaker may have changed
-        endpoint = self._endpoint[node]
+        endpoint = self._nodes.endpoint[node]
         if endpoint is not None:
-            self.endpoints.settle(endpoint, outcome, self._sent_at[node], now)
+            self.endpoints.settle(endpoint, outcome, self._nodes.sent_at[node], now)
             self.ready.wake_waiting("endpoint")
         cost = self.pricing.cost_usd(
             task.provider,
@@ -670,7 +692,7 @@ class Supervisor:
         self._settle_spend(node, outcome, cost)
         if outcome.error_kind == CAPACITY:
             self._capacity_hits[node] = self._capacity_hits.get(node, 0) + 1
-        self._duration_s[node] = outcome.latency_s
+        self._nodes.duration_s[node] = outcome.latency_s
         if outcome.ok:
             self.latency.observe(
                 task.provider,
@@ -682,16 +704,16 @@ class Supervisor:
         if outcome.error_kind == AUTH:
             self._disable(task.provider, outcome)
         elif quota_parked:
-            self._attempts[node] -= 1  # the quota, not the request, was at fault
+            self._nodes.attempts[node] -= 1  # the quota, not the request, was at fault
             self._push_ready(node)
             return None
         elif bucket is not None and (bucket.unreachable or bucket_key in self._given_up):
             code, message = self._give_up(bucket_key, bucket, outcome, endpoint)
-            return failure_entry(task, code, message, attempts=self._attempts[node])
-        elif should_retry(outcome, self._attempts[node], self.config.max_retries):
+            return failure_entry(task, code, message, attempts=self._nodes.attempts[node])
+        elif should_retry(outcome, self._nodes.attempts[node], self.config.max_retries):
             escalate = bucket is None or not bucket.healthy()
             delay = retry_delay_s(
-                self._attempts[node], outcome.retry_after_s, self._rng, escalate=escalate
+                self._nodes.attempts[node], outcome.retry_after_s, self._rng, escalate=escalate
             )
             self.accounts.retry(_model_key(task))
             self.graph.mark_ready(node)
@@ -703,8 +725,8 @@ class Supervisor:
         """Replace the node's reservation by what its answer cost. An answer without
         usage, a timeout or a dropped connection (the provider may have done the work)
         keeps the whole reservation as spent; other errors cost nothing."""
-        reservation = self._reservation[node]
-        self._reservation[node] = None
+        reservation = self._nodes.reservation[node]
+        self._nodes.reservation[node] = None
         if reservation is None or self.spend is None:
             return
         if outcome.error_kind in (TIMEOUT, CONNECTION):
@@ -737,15 +759,15 @@ class Supervisor:
         the answer counts against the model's limits or health."""
         task = self.tasks[node]
         if bucket is not None:
-            bucket.release(self._cost[node])
-        endpoint = self._endpoint[node]
+            bucket.release(self._nodes.cost[node])
+        endpoint = self._nodes.endpoint[node]
         if endpoint is not None:
             self.endpoints.release(endpoint)
-        reservation = self._reservation[node]
-        self._reservation[node] = None
+        reservation = self._nodes.reservation[node]
+        self._nodes.reservation[node] = None
         if reservation is not None and self.spend is not None:
             self.spend.release(reservation)
-        self._attempts[node] -= 1
+        self._nodes.attempts[node] -= 1
         if task.provider not in self._account:
             why = (
                 f"{task.provider} refused the account (HTTP {outcome.status_code}: {problem}); "
@@ -757,12 +779,12 @@ class Supervisor:
         self._push_ready(node)
 
     def _entry(self, node: int, outcome: Outcome, cost: float | None) -> dict[str, Any]:
-        endpoint = self._endpoint[node]
+        endpoint = self._nodes.endpoint[node]
         return outcome_entry(
             self.tasks[node],
             outcome,
-            attempts=self._attempts[node],
-            queued_s=self._queued_s[node],
+            attempts=self._nodes.attempts[node],
+            queued_s=self._nodes.queued_s[node],
             cost_usd=cost,
             endpoint=None if endpoint is None else endpoint.label,
         )
@@ -782,7 +804,7 @@ class Supervisor:
         nodes = self.ready.drain(bucket_key)
         nodes += self.timers.remove(lambda n: self._bucket_key(self.tasks[n]) == bucket_key)
         failed = [
-            (n, failure_entry(self.tasks[n], code, message, attempts=self._attempts[n]))
+            (n, failure_entry(self.tasks[n], code, message, attempts=self._nodes.attempts[n]))
             for n in dict.fromkeys(nodes)
             if self.graph.state[n] == READY
         ]
@@ -814,19 +836,19 @@ class Supervisor:
             bucket_key = self._bucket_key(self.tasks[node])
             bucket = self._bucket(bucket_key)
             if bucket is not None:  # the pool's failure, not the provider's
-                bucket.release(self._cost[node])
+                bucket.release(self._nodes.cost[node])
                 self.ready.wake(bucket_key)
-            endpoint = self._endpoint[node]
+            endpoint = self._nodes.endpoint[node]
             if endpoint is not None:
                 self.endpoints.release(endpoint)
                 self.ready.wake_waiting("endpoint")
-            reservation = self._reservation[node]
-            self._reservation[node] = None
+            reservation = self._nodes.reservation[node]
+            self._nodes.reservation[node] = None
             if reservation is not None and self.spend is not None:
                 # The request may have reached the provider before the process died: its
                 # worst case stays spent, so a cap holds whatever the provider billed.
                 self.spend.settle(reservation, None, None)
-            self._attempts[node] -= 1
+            self._nodes.attempts[node] -= 1
             self._deaths[node] = self._deaths.get(node, 0) + 1
             if self._deaths[node] >= _MAX_DEATHS_PER_NODE:
                 message = f"worker processes died {self._deaths[node]} times running this task"
@@ -834,7 +856,10 @@ class Supervisor:
                     (
                         node,
                         failure_entry(
-                            self.tasks[node], WORKER_DIED, message, attempts=self._attempts[node]
+                            self.tasks[node],
+                            WORKER_DIED,
+                            message,
+                            attempts=self._nodes.attempts[node],
                         ),
                     )
                 )
@@ -891,7 +916,7 @@ class Supervisor:
     def _finish_count(self, node: int, status: Status) -> None:
         self._open -= 1
         self._done += 1
-        sent = self._attempts[node] > 0
+        sent = self._nodes.attempts[node] > 0
         self.accounts.finished(_model_key(self.tasks[node]), status, sent=sent)
 
     def _notify(self, node: int, entry: dict[str, Any]) -> None:

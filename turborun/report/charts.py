@@ -25,6 +25,7 @@ GANTT_ALL = 3000  # nodes drawn one by one up to this many; a sample beyond
 GANTT_SAMPLE = 2000
 GANTT_ROWS_PER_LANE = 48  # bars of one model stack in this many rows at most
 MAX_RATE_MODELS = 6  # models with their own rate chart (the busiest)
+MAX_MODELS_DRAWN = 10  # models with their own histogram, lane or bar; the rest as "other"
 _WIDTH_IN = 10.0
 _COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22")
 _FAILED_COLOR = "#d62728"
@@ -233,6 +234,11 @@ def _latency_chart(data: RunData) -> list[tuple[str, str, Any]]:
     measured = [(label, m.latencies_s) for label, m in data.models.items() if m.latencies_s]
     if not measured:
         return []
+    if len(measured) > MAX_MODELS_DRAWN:  # thousands of models: the busiest, then the rest
+        measured.sort(key=lambda item: -len(item[1]))
+        rest = measured[MAX_MODELS_DRAWN - 1 :]
+        merged = [v for _, values in rest for v in values]
+        measured = [*measured[: MAX_MODELS_DRAWN - 1], (f"other ({len(rest)} models)", merged)]
     figure, (ax,) = _figure(2.8)
     low = max(1e-4, min(min(values) for _, values in measured))
     high = max(max(values) for _, values in measured)
@@ -260,16 +266,17 @@ def _dag_chart(data: RunData) -> list[tuple[str, str, Any]]:
     sampled = len(drawn) > GANTT_ALL
     if sampled:
         drawn = sorted(set(random.Random(0).sample(drawn, GANTT_SAMPLE)) | set(chain))
-    lanes: dict[int, list[int]] = {}
+    lane_of = _lanes(data, drawn)
+    lanes: dict[str, list[int]] = {}
     for i in sorted(drawn, key=nodes.start.__getitem__):
-        lanes.setdefault(nodes.model[i], []).append(i)
+        lanes.setdefault(lane_of(nodes.model[i]), []).append(i)
     row_of: dict[int, float] = {}
     ticks, tick_labels, offset = [], [], 0.0
     spans = []
-    for model in sorted(lanes, key=lambda m: data.labels[m]):
-        rows = _pack(lanes[model], nodes.start, nodes.end, row_of, offset)
+    for lane in sorted(lanes, key=lambda name: (name.startswith("other ("), name)):
+        rows = _pack(lanes[lane], nodes.start, nodes.end, row_of, offset)
         ticks.append(offset + (rows - 1) / 2)
-        tick_labels.append(data.labels[model])
+        tick_labels.append(lane)
         spans.append((offset - 0.75, offset + rows - 0.25))
         offset += rows + 1.5
     height = min(9.0, max(2.4, 1.0 + offset * 0.09))
@@ -302,6 +309,20 @@ def _dag_chart(data: RunData) -> list[tuple[str, str, Any]]:
     return [("dag", title, figure)]
 
 
+def _lanes(data: RunData, drawn: list[int]) -> Any:
+    """model index -> its lane's name: one lane per model, or for the busiest
+    MAX_MODELS_DRAWN - 1 of many, the rest sharing an "other" lane."""
+    counts: dict[int, int] = {}
+    for i in drawn:
+        model = data.nodes.model[i]
+        counts[model] = counts.get(model, 0) + 1
+    if len(counts) <= MAX_MODELS_DRAWN:
+        return lambda model: data.labels[model]
+    own = set(sorted(counts, key=lambda m: -counts[m])[: MAX_MODELS_DRAWN - 1])
+    other = f"other ({len(counts) - len(own)} models)"
+    return lambda model: data.labels[model] if model in own else other
+
+
 def _pack(members: list[int], start: Any, end: Any, row_of: dict[int, float], offset: float) -> int:
     """Place ``members`` (sorted by start) in rows so that bars in a row do not overlap,
     at most GANTT_ROWS_PER_LANE rows (then the row that frees first); returns the rows
@@ -324,6 +345,11 @@ def _cost_chart(data: RunData) -> list[tuple[str, str, Any]]:
     priced = [(label, m.cost_usd) for label, m in data.models.items() if m.cost_usd]
     if not priced:
         return []
+    if len(priced) > MAX_MODELS_DRAWN:
+        priced.sort(key=lambda item: -item[1])
+        rest = priced[MAX_MODELS_DRAWN - 1 :]
+        other = (f"other ({len(rest)} models)", sum(cost for _, cost in rest))
+        priced = [*priced[: MAX_MODELS_DRAWN - 1], other]
     labels = [label for label, _ in priced]
     height = max(1.6, 0.9 + 0.35 * len(priced))
     figure, (ax,) = _figure(height, left_in=_label_margin_in(labels))

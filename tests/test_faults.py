@@ -266,3 +266,31 @@ def test_request_over_a_learned_tpm_fails_once_the_limit_is_known(tmp_path):
     assert "allows 200,000 tokens per minute (learned from the provider)" in huge.error["message"]
     assert not huge_sent
     assert all(result.results[f"small{i}"].ok for i in range(5))
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        ("steps:sleeps_a_minute", "still running after the 0.5 s timeout"),
+        ("steps:exits", "SystemExit: 3"),
+        ("steps:answer", None),
+    ],
+)
+def test_a_step_ray_places_is_bounded_by_its_timeout_like_a_local_one(
+    fn: str, message: str | None
+) -> None:
+    """The function a Ray task runs for a step that asked for resources (no Ray needed
+    to call it): past its timeout it returns a failure instead of holding the task."""
+    import time
+
+    from turborun.ray_pool import run_placed_step
+    from turborun.records import FN_ERROR, FN_PROVIDER, Call
+
+    call = Call("placed", 1, FN_PROVIDER, "POST", "", b"{}", fn=fn, timeout_s=0.5)
+    started = time.monotonic()
+    outcome = run_placed_step(call)
+    assert time.monotonic() - started < 5
+    if message is None:
+        assert outcome.ok
+    else:
+        assert outcome.error_kind == FN_ERROR and message in (outcome.error_message or "")

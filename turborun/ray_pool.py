@@ -83,10 +83,36 @@ def _ray_installed() -> bool:
 
 
 def run_placed_step(call: Call) -> Outcome:
-    """A Python step that asked for resources, as a Ray task Ray places."""
-    from turborun.providers import Providers
+    """A Python step that asked for resources, as a Ray task Ray places. Bounded by its
+    Call's timeout as on the local pool: past it the task returns a failure (its
+    resources go back to Ray) and the step's thread, which cannot be stopped, is left
+    to finish in the Ray worker process. Any exception, SystemExit included, is the
+    step's failure."""
+    import threading
+    import time
 
-    return Providers({}, {}, call.timeout_s).call(call)
+    from turborun.providers import Providers
+    from turborun.worker import _describe, _step_failure
+
+    start = time.perf_counter()
+    result: list[Outcome] = []
+
+    def run() -> None:
+        try:
+            result.append(Providers({}, {}, call.timeout_s).call(call))
+        except BaseException as error:  # SystemExit, KeyboardInterrupt, ...: its failure
+            result.append(_step_failure(call.custom_id, call.attempt, _describe(error), start))
+
+    thread = threading.Thread(target=run, name=f"turborun-step-{call.custom_id}", daemon=True)
+    thread.start()
+    thread.join(call.timeout_s)
+    if result:
+        return result[0]
+    message = (
+        f"Python step still running after the {call.timeout_s:g} s timeout (--timeout): "
+        "failed; its thread cannot be stopped and is left to finish"
+    )
+    return _step_failure(call.custom_id, call.attempt, message, start)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ simulation of the real loop.
 
 from __future__ import annotations
 
+import os
 import random
 import select
 from collections.abc import Callable
@@ -218,7 +219,10 @@ def run(
     result = Run(supervisor, pool, clock, journal)
     if before is not None:
         before(result)
-    supervisor.run()
+    try:
+        supervisor.run()
+    finally:
+        supervisor.close()
     return result
 
 
@@ -330,3 +334,22 @@ def test_the_stop_grace_ends_a_run_whose_calls_never_answer(journal_dir: Path) -
     assert r.entry("quick")["status"] == "succeeded"  # finished within the grace
     assert r.journal.get("hung") is None  # pending, not failed: a resume sends it
     assert r.clock.now - started == pytest.approx(5.0, abs=0.01)
+
+
+def test_a_wake_after_the_pipe_is_closed_writes_nowhere(journal_dir: Path) -> None:
+    # Runner.submit or a signal handler may still call wake() once the run is over: it
+    # must not write its byte to a descriptor number the process has handed out again.
+    r = run(journal_dir, [task("a", "gpt-4o-mini")], ok)
+    r.supervisor.close()  # closed once: run() leaves the pipe to its owner
+    r.supervisor.close()
+    reused_r, reused_w = os.pipe()  # most likely the numbers the wakeup pipe had
+    try:
+        os.set_blocking(reused_r, False)
+        r.supervisor.wake()
+        r.supervisor.submit([])
+        r.supervisor.request_stop()
+        with pytest.raises(BlockingIOError):
+            os.read(reused_r, 1)
+    finally:
+        os.close(reused_r)
+        os.close(reused_w)

@@ -59,6 +59,7 @@ class RunSession:
         self.budget: Budget | None = None
         self.latency: LatencyModel | None = None
         self.target: InFlightTarget | None = None
+        self._supervisor: Supervisor | None = None
 
     def __enter__(self) -> RunSession:
         try:
@@ -175,7 +176,7 @@ class RunSession:
             default_label=lambda provider: config.base_urls.get(provider) or provider,
             clock=time.monotonic,
         )
-        return Supervisor(
+        self._supervisor = Supervisor(
             self.config,
             self.checkpoint.journal,
             self.budget,
@@ -189,12 +190,16 @@ class RunSession:
             on_progress=on_progress,
             spend=spend,
         )
+        return self._supervisor
 
     def kill_workers(self) -> None:
         if self.pool is not None:
             self.pool.kill()
 
     def close(self) -> None:
+        if self._supervisor is not None:  # its run is over and its wakers are gone
+            self._supervisor.close()
+            self._supervisor = None
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None

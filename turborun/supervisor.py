@@ -192,9 +192,15 @@ class Supervisor:
         self._given_up: dict[Hashable, tuple[str, str]] = {}  # bucket → (code, why)
         self.resumed: set[str] = set()
         self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
+        # The wakeup pipe: other threads (Runner.submit, a signal handler) write a byte to
+        # end the loop's wait. Closed by close(), which the owner calls once they are gone;
+        # a wake after that is dropped under the lock instead of writing to a descriptor
+        # number the process may have given to another file since.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)  # drained until empty, never waited on
+        self._wake_lock = threading.RLock()  # re-entrant: a signal handler may wake
+        self._wake_open = True
         self._accepting = False  # Runner: more tasks may come
         self._stop_requested = threading.Event()
         self._stop_deadline: float | None = None
@@ -266,10 +272,23 @@ class Supervisor:
     # ---- control from other threads -----------------------------------------
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: a wake-up is pending anyway
+        with self._wake_lock:
+            if not self._wake_open:
+                return  # the run is over: nothing waits
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+    def close(self) -> None:
+        """Close the wakeup pipe; for the owner, after ``run`` has returned and the
+        threads that may wake the loop are gone (a later ``wake`` does nothing)."""
+        with self._wake_lock:
+            if not self._wake_open:
+                return
+            self._wake_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def request_stop(self) -> None:
         """Stop dispatching; in-flight requests get ``config.grace_s`` to finish."""
@@ -318,8 +337,6 @@ class Supervisor:
                 critical_path_s=longest_path(self._deps, self._nodes.duration_s),
                 peak_target=self.target.peak,
             )
-            os.close(self._wake_r)
-            os.close(self._wake_w)
         return self.metrics
 
     def _finished(self, now: float) -> bool:

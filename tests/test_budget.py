@@ -1,6 +1,6 @@
 """Budget: pacing, learning, 429 slow-down, daily parking, circuit breaker. Pure logic
 with a fake clock (no sleeping); the simulator's own limit windows
-(turborun.simulator_limits.ModelLimit) judge whether a pace would draw 429s."""
+(turborun.simulator.limits.ModelLimit) judge whether a pace would draw 429s."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from turborun.budget import DEFAULT_OUTPUT_RESERVATION, PROBE_PATIENCE_S, Bucket
 from turborun.config import Limit
 from turborun.limit_signals import parse_reset
 from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
-from turborun.simulator_limits import ModelLimit
+from turborun.simulator.limits import ModelLimit
 
 
 class FakeClock:

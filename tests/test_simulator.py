@@ -15,7 +15,7 @@ import pytest
 from conftest import sim_post
 
 from turborun.simulator import Simulator, _config_from_args, _parser
-from turborun.simulator_limits import ModelLimit, format_duration
+from turborun.simulator.limits import ModelLimit, format_duration
 
 PREFIXES = ["/v1", "/openai/v1"]
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "Hello simulator"}]}

@@ -7,7 +7,7 @@ logged with one ``os.write``, and answered immediately or after its latency thro
 core well above the few thousand requests/s a benchmark sends.
 
 With ``capacity`` set (self-hosted mode), a request that would be answered 200 is placed in
-a ``turborun.simulator_capacity.Capacity`` instead: it is answered when its service time
+a ``turborun.simulator.capacity.Capacity`` instead: it is answered when its service time
 (its latency) has run in one of the ``capacity`` slots, after waiting its turn in the FIFO
 queue; a full queue refuses it (503 or a dropped connection, per ``overflow``). Answers
 decided earlier (404, 400, 429, directive faults, random 500s/hangs/drops) skip the queue.
@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from turborun.simulator_answers import (
+from turborun.simulator.answers import (
     DEFAULT_OUTPUT_TOKENS,
     ENDPOINTS,
     Directive,
@@ -42,9 +42,9 @@ from turborun.simulator_answers import (
     prompt_text,
     requested_output_tokens,
 )
-from turborun.simulator_batches import BatchOptions, SimBatches, flex_capacity_error
-from turborun.simulator_capacity import Capacity, Job
-from turborun.simulator_limits import ModelLimit, rejection_message
+from turborun.simulator.batches import BatchOptions, SimBatches, flex_capacity_error
+from turborun.simulator.capacity import Capacity, Job
+from turborun.simulator.limits import ModelLimit, rejection_message
 
 OVERFLOWS = ("503", "drop")
 OVERLOADED_MESSAGE = "server overloaded: queue full"
@@ -74,7 +74,7 @@ class SimConfig:
     port: int = 0
     exit_with_parent: bool = False
     echo_auth: bool = False  # error bodies quote the request's Authorization header
-    # Files and Batches APIs (turborun/simulator_batches.py): BatchOptions as a dict
+    # Files and Batches APIs (turborun/simulator/batches.py): BatchOptions as a dict
     batches: dict[str, Any] = field(default_factory=dict)
     flex_capacity_rate: float = 0.0  # flex requests answered with a capacity error
     # After this many model requests every one answers 429 insufficient_quota (the
@@ -258,9 +258,7 @@ class SimServer:
         self.served += 1
         if self.config.quota_after is not None and self.served > self.config.quota_after:
             entry["status"] = 429
-            message = (
-                "You exceeded your current quota, please check your plan and billing details."
-            )
+            message = "You exceeded your current quota, please check your plan and billing details."
             error = self._error_body(429, message, "insufficient_quota", "insufficient_quota")
             return _Answer(http_response(429, error, [self._request_id()]))
         scripted = self._scripted(request.body, entry, latency)

@@ -2,7 +2,7 @@
 
 It runs in its own process (``python -m turborun.simulator``), so it never competes with
 the caller for the GIL, and serves on loopback with raw asyncio (see
-``turborun.simulator_server``): thousands of requests/s on one core.
+``turborun.simulator.server``): thousands of requests/s on one core.
 
 Endpoints (POST), under OpenAI's prefix ``/v1`` and Groq's ``/openai/v1``:
 ``/chat/completions``, ``/completions``, ``/embeddings``, ``/responses``. Other paths: 404;
@@ -100,7 +100,7 @@ from typing import Any
 
 import orjson
 
-from turborun.simulator_server import OVERFLOWS, SimConfig, serve
+from turborun.simulator.server import OVERFLOWS, SimConfig, serve
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 3.0
@@ -158,7 +158,7 @@ class Simulator:
             port=port,
             exit_with_parent=True,
             echo_auth=echo_auth,
-            batches=dict(batches or {}),  # BatchOptions of turborun/simulator_batches.py
+            batches=dict(batches or {}),  # BatchOptions of turborun/simulator/batches.py
             flex_capacity_rate=flex_capacity_rate,
             quota_after=quota_after,
         )
@@ -376,7 +376,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     asyncio.run(serve(config, lambda line: print(line, flush=True)))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -53,7 +53,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from turborun.simulator_answers import (
+from turborun.simulator.answers import (
     DEFAULT_OUTPUT_TOKENS,
     ENDPOINTS,
     DirectiveError,

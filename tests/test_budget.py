@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from turborun.backoff import retry_delay_s, should_retry
-from turborun.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
-from turborun.budget import DEFAULT_OUTPUT_RESERVATION, PROBE_PATIENCE_S, Bucket, Budget
+from turborun.budget import DEFAULT_OUTPUT_RESERVATION, Bucket, Budget
+from turborun.budget.backoff import retry_delay_s, should_retry
+from turborun.budget.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
+from turborun.budget.buckets import PROBE_PATIENCE_S
+from turborun.budget.limit_signals import parse_reset
 from turborun.config import Limit
-from turborun.limit_signals import parse_reset
 from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
 from turborun.simulator.limits import ModelLimit
 

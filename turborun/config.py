@@ -90,7 +90,7 @@ class Config:
     endpoint_caps: dict[str, int] = field(default_factory=dict)  # base URL -> max_in_flight
     # Pricing: USD per million tokens, by (provider, model): {"input", "cached_input", "output"}
     pricing: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    breaker_failures: int = 20  # failures among the requests judged before a cool-down (breaker.py)
+    breaker_failures: int = 20  # failures judged before a cool-down (budget/breaker.py)
     breaker_cooldown_s: float = 30.0
     grace_s: float = 15.0  # how long Ctrl-C lets in-flight requests finish
     simulate: bool = False

@@ -39,8 +39,7 @@ import orjson
 
 from turborun.account import account_problem
 from turborun.accounting import Accounts
-from turborun.backoff import retry_delay_s, should_retry
-from turborun.budget import Bucket, Budget
+from turborun.budget import Bucket, Budget, retry_delay_s, should_retry
 from turborun.checkpoint import Journal
 from turborun.concurrency import BucketLoad, InFlightTarget, rate_demand
 from turborun.config import Config

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from turborun.backoff import is_retryable
+from turborun.budget import is_retryable
 from turborun.providers import _output_text, _usage
 from turborun.records import AUTH, CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, Outcome
 

@@ -40,7 +40,7 @@ Constants:
   Outcomes of requests sent before the breaker opened are ignored: they were judged.
 * A bucket that has never had an answer (``unreached``: every attempt refused, reset or
   timed out) cools down a third as long (10 s by default) and does not double: probing a
-  closed port costs nothing, and its bucket gives up after a bounded time (budget.py,
+  closed port costs nothing, and its bucket gives up after a bounded time (buckets.py,
   ``Bucket.unreachable``), which short cool-downs keep close to its nominal value.
 
 ``healthy()`` tells the retry delay whether to escalate (backoff.py): the failures among

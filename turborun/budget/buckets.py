@@ -31,7 +31,7 @@ double every PROBE_PATIENCE_S (1, 2, 4, 8, ...): a slow start, not a stall.
 Costs are estimated prompt tokens (times a learned actual/estimated ratio) plus the
 requested output, or ``DEFAULT_OUTPUT_RESERVATION`` when the body asks for none.
 
-Health: the circuit breaker (turborun/breaker.py) pauses a bucket whose recent outcomes are
+Health: the circuit breaker (breaker.py) pauses a bucket whose recent outcomes are
 mostly failures. A bucket that has never had an answer at all (every attempt refused, reset
 or timed out: a closed port, no network, a wrong host) gives up after ``give_up_s`` (two
 first cool-downs, 60 s by default) counted from its first request: ``unreachable`` then
@@ -50,10 +50,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from turborun.breaker import MIN_FAILURES, Breaker, seconds
+from turborun.budget.breaker import MIN_FAILURES, Breaker, seconds
+from turborun.budget.limit_signals import LimitMessage, number, reset_s
+from turborun.budget.pacing import Pace, Window
 from turborun.config import Limit
-from turborun.limit_signals import LimitMessage, number, reset_s
-from turborun.pacing import Pace, Window
 from turborun.records import CONNECTION, RATE_LIMITED, TIMEOUT, Outcome
 
 MARGIN = 0.02  # pace at 98 % of a limit; windows are 2 % longer than the provider's
@@ -96,7 +96,7 @@ _INF = math.inf
 class Budget:
     """The buckets of one run, one per (provider, model), created on first use.
     ``breaker_failures``: the fewest failures among the requests a circuit breaker judges
-    before it may open (with 80 % of them failed; see turborun.breaker);
+    before it may open (with 80 % of them failed; see breaker.py);
     ``breaker_cooldown_s``: its first cool-down."""
 
     def __init__(

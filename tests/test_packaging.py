@@ -20,8 +20,18 @@ REPO = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
         check=True,
         timeout=240,
     )
@@ -46,7 +56,9 @@ def test_an_installed_wheel_prices_a_run_outside_the_repository(
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     )
     # The dependencies come from this interpreter's site-packages, added as a plain path:
@@ -54,8 +66,17 @@ def test_an_installed_wheel_prices_a_run_outside_the_repository(
     # so the only turborun the new environment sees is the wheel's.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-         str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
         check=True,
         timeout=240,
     )
@@ -63,24 +84,45 @@ def test_an_installed_wheel_prices_a_run_outside_the_repository(
     work.mkdir()
     where = subprocess.run(
         [str(python), "-c", "import turborun; print(turborun.__file__)"],
-        cwd=work, check=True, capture_output=True, text=True,
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert Path(where).is_relative_to(env_dir), where
     tasks = work / "tasks.jsonl"
     tasks.write_text(
         "".join(
-            json.dumps({"custom_id": f"t{i}", "body": {
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": f"question {i}"}],
-                "max_tokens": 20,
-            }}) + "\n"
+            json.dumps(
+                {
+                    "custom_id": f"t{i}",
+                    "body": {
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": f"question {i}"}],
+                        "max_tokens": 20,
+                    },
+                }
+            )
+            + "\n"
             for i in range(5)
         )
     )
     run = subprocess.run(
-        [str(python), "-m", "turborun", "batch", str(tasks), "--simulate", "--no-progress",
-         "-o", str(work / "out.jsonl")],
-        cwd=work, capture_output=True, text=True, timeout=120,
+        [
+            str(python),
+            "-m",
+            "turborun",
+            "batch",
+            str(tasks),
+            "--simulate",
+            "--no-progress",
+            "-o",
+            str(work / "out.jsonl"),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in (work / "out.jsonl").read_text().splitlines()]

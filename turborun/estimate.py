@@ -297,7 +297,7 @@ def estimate_file(
 
 
 def load_ratios(checkpoint_dir: Path) -> dict[str, float]:
-    """"provider/model" → produced / requested output tokens, from ``_outputs.json``
+    """ "provider/model" → produced / requested output tokens, from ``_outputs.json``
     (absent, unreadable or malformed: {})."""
     try:
         data = json.loads((Path(checkpoint_dir) / OUTPUTS_FILE).read_text(encoding="utf-8"))
@@ -324,7 +324,7 @@ def journal_ratios(
 def usage_sums(
     tasks: list[Task], entries: Iterable[tuple[str, Mapping[str, Any] | None]]
 ) -> dict[str, tuple[int, int]]:
-    """"provider/model" → (output tokens produced, requested) over journaled successes
+    """ "provider/model" → (output tokens produced, requested) over journaled successes
     of tasks that name a maximum output."""
     by_id = {t.custom_id: t for t in tasks}
     sums: dict[str, tuple[int, int]] = {}

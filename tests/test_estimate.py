@@ -211,3 +211,14 @@ def test_the_progress_line_shows_spend_against_the_cap_and_the_eta() -> None:
     bare = Progress(done=0, total=1, failed=0, retrying=0, rate_limited=0, tokens_per_min=0,
                     tpm_limit=None, cost_usd=None)  # fmt: skip
     assert "cost=- ETA ?" in _postfix(bare)
+
+
+def test_embeddings_produce_no_output_and_leave_the_cost_bounded(tmp_path: Path) -> None:
+    pricing = Pricing({("openai", "text-embedding-3-small"): Price(input=0.02, output=0.0)})
+    item = {"custom_id": "e", "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "some text"}}  # fmt: skip
+    est = estimate(tasks_of([item]), Config(checkpoint_dir=tmp_path), pricing=pricing,
+                   latency=FixedLatency(0.1), ratios={})  # fmt: skip
+    (m,) = est.models
+    assert m.unbounded == 0 and m.cost_high_usd == m.cost_low_usd is not None
+    assert not any("output" in note for note in est.notes)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from turborun.config import Config
+from turborun.estimate import GENERATING
 from turborun.exceptions import ConfigError
 from turborun.pricing import Pricing
 from turborun.records import FN_PROVIDER
@@ -23,9 +24,6 @@ from turborun.spend import SpendCaps
 from turborun.tasks import Task
 
 log = logging.getLogger("turborun")
-
-# Endpoints whose answers are generated text, bounded only by a requested maximum.
-_GENERATING = ("/chat/completions", "/completions", "/responses")
 
 
 def spend_caps(
@@ -77,7 +75,7 @@ def _check(caps: SpendCaps, tasks: list[Task], warn: bool) -> None:
             price = caps.pricing.price(task.provider, task.model)
             if price is not None and price.guess:
                 guesses[f"{task.provider}/{task.model}"] = price.checked or "no source given"
-        if task.max_output_tokens <= 0 and task.url.endswith(_GENERATING):
+        if task.max_output_tokens <= 0 and task.url.endswith(GENERATING):
             unbounded.append(task)
     if unpriced:
         names = ", ".join(f"{n} ({c} tasks)" for n, c in sorted(unpriced.items()))

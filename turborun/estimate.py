@@ -37,6 +37,8 @@ from turborun.resume import plan_resume
 from turborun.status import SUCCEEDED
 from turborun.tasks import Task
 
+# Endpoints whose answers are generated text, bounded only by a requested maximum.
+GENERATING = ("/chat/completions", "/completions", "/responses")
 OUTPUTS_FILE = "_outputs.json"  # per provider/model: output tokens produced / requested
 
 
@@ -47,7 +49,8 @@ class ModelEstimate:
     tasks: int = 0
     prompt_tokens: int = 0
     max_output_tokens: int = 0
-    unbounded: int = 0  # tasks that request no maximum output
+    unbounded: int = 0  # tasks that generate text and request no maximum output
+    generates: bool = False  # any of its tasks generates text (not embeddings)
     output_ratio: float | None = None  # produced / requested, from earlier runs
     cost_low_usd: float | None = None  # prompts only
     cost_likely_usd: float | None = None
@@ -176,7 +179,9 @@ def estimate(
         m.tasks += 1
         m.prompt_tokens += max(task.prompt_tokens, 0)
         m.max_output_tokens += max(task.max_output_tokens, 0)
-        m.unbounded += task.max_output_tokens <= 0
+        generates = task.url.endswith(GENERATING)
+        m.generates = m.generates or generates
+        m.unbounded += generates and task.max_output_tokens <= 0
         m.latency_s += duration
     for m in models.values():
         _price(m, config, pricing, ratios)
@@ -254,7 +259,7 @@ def _notes(models: list[ModelEstimate]) -> list[str]:
             )
         if m.rpm is None and m.tpm is None:
             notes.append(f"{name}: no configured limit; the run learns it from the provider")
-        if m.output_ratio is None:
+        if m.output_ratio is None and m.generates:
             notes.append(f"{name}: no earlier run to learn its output length from")
     return notes
 
@@ -399,11 +404,11 @@ def render(est: Estimate) -> str:
         lines.append(f"Python steps: {est.steps:,}")
     if est.skipped:
         lines.append(f"already done (a resume skips them): {est.skipped:,}")
-    limit = "no limit known" if est.limit_s is None else _duration(est.limit_s)
+    limit = "none known" if est.limit_s is None else _duration(est.limit_s)
     lines.append(
         f"time: ~{_duration(est.time_s)}, bound by the {est.bound} "
-        f"(limits {limit}, in-flight ceiling {_duration(est.concurrency_s)}, "
-        f"critical path {_duration(est.critical_path_s)})"
+        f"(rate limits: {limit}; in-flight ceiling: {_duration(est.concurrency_s)}; "
+        f"critical path: {_duration(est.critical_path_s)})"
     )
     lines.extend(f"note: {note}" for note in est.notes)
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from turborun.config import Config
-from turborun.estimate import GENERATING
+from turborun.estimate import GENERATING, number
 from turborun.exceptions import ConfigError
 from turborun.pricing import Pricing
 from turborun.records import FN_PROVIDER
@@ -38,10 +38,10 @@ def spend_caps(
     """The run's caps (None: no cap set). ``recorded``: run.json of the checkpoint
     being resumed ({} for a new run); ``journal_entries``: its journal."""
     max_cost = config.max_cost
-    if max_cost is None and _number(recorded.get("max_cost_usd")):
+    if max_cost is None and number(recorded.get("max_cost_usd")):
         max_cost = float(recorded["max_cost_usd"])
     max_tokens = config.max_tokens_total
-    if max_tokens is None and _number(recorded.get("max_tokens_total")):
+    if max_tokens is None and number(recorded.get("max_tokens_total")):
         max_tokens = int(recorded["max_tokens_total"])
     caps = SpendCaps(
         pricing,
@@ -56,8 +56,8 @@ def spend_caps(
         cost = entry.get("cost_usd")
         tokens = (entry.get("input_tokens") or 0) + (entry.get("output_tokens") or 0)
         model = (str(entry.get("provider") or ""), str(entry.get("model") or ""))
-        if _number(cost) or tokens:
-            caps.add_spent(model, float(cost) if _number(cost) else 0.0, int(tokens))
+        if number(cost) or tokens:
+            caps.add_spent(model, float(cost) if number(cost) else 0.0, int(tokens))
     return caps
 
 
@@ -111,7 +111,3 @@ def recorded_caps(caps: SpendCaps | None) -> dict[str, Any]:
         kept["max_tokens_total"] = caps.max_tokens_total
     kept["spent_usd"] = round(caps.spent_usd, 6)
     return kept
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

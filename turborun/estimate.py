@@ -134,11 +134,11 @@ class Estimate:
         }
 
 
-def remaining(tasks: list[Task], done: Mapping[str, tuple[str, str]]) -> list[bool]:
+def remaining(
+    tasks: list[Task], done: Mapping[str, tuple[str, str]], deps: list[tuple[int, ...]]
+) -> list[bool]:
     """Which tasks a resume would run: not those whose journaled success matches the
     task's fingerprint with every ancestor also skipped (the supervisor's rule)."""
-    index = {t.custom_id: i for i, t in enumerate(tasks)}
-    deps = [tuple(index[d] for d in t.depends_on) for t in tasks]
     resumed = plan_resume(deps, tasks, done).resumed
     return [node not in resumed for node in range(len(tasks))]
 
@@ -155,7 +155,8 @@ def estimate(
     """The estimate of running ``tasks`` (prompt tokens counted) under ``config``.
     ``ratios``: "provider/model" → output produced / requested; ``done``: the journal
     being resumed, custom_id → (status, fingerprint)."""
-    run = remaining(tasks, done or {})
+    deps = _deps(tasks)
+    run = remaining(tasks, done or {}, deps)
     models: dict[tuple[str, str], ModelEstimate] = {}
     durations: list[float] = []
     busy_s = 0.0
@@ -188,7 +189,6 @@ def estimate(
     order = sorted(models.values(), key=lambda m: (m.provider, m.model))
     ceiling = config.workers if config.workers is not None else config.max_in_flight
     concurrency_s = busy_s / max(ceiling, 1)
-    deps = _deps(tasks)
     critical_s = longest_path(deps, durations)
     limited = [m.limit_s for m in order if m.limit_s is not None]
     limit_s = max(limited) if limited else None
@@ -313,7 +313,7 @@ def load_ratios(checkpoint_dir: Path) -> dict[str, float]:
         for key, value in data.items():
             if isinstance(value, dict):
                 produced, requested = value.get("produced"), value.get("requested")
-                if _number(produced) and _number(requested) and requested > 0:
+                if number(produced) and number(requested) and requested > 0:
                     ratios[key] = produced / requested
     return ratios
 
@@ -338,7 +338,7 @@ def usage_sums(
         if task is None or entry is None or task.provider == FN_PROVIDER:
             continue
         produced = entry.get("output_tokens")
-        if entry.get("status") != SUCCEEDED or not _number(produced):
+        if entry.get("status") != SUCCEEDED or not number(produced):
             continue
         if task.max_output_tokens <= 0:
             continue
@@ -362,8 +362,8 @@ def record_ratios(checkpoint_dir: Path, sums: Mapping[str, tuple[int, int]]) -> 
         data = {}
     for key, (produced, requested) in sums.items():
         old = data.get(key) if isinstance(data.get(key), dict) else {}
-        old_p = old.get("produced") if _number(old.get("produced")) else 0
-        old_r = old.get("requested") if _number(old.get("requested")) else 0
+        old_p = old.get("produced") if number(old.get("produced")) else 0
+        old_r = old.get("requested") if number(old.get("requested")) else 0
         data[key] = {"produced": old_p + produced, "requested": old_r + requested}
     tmp = path.with_name(f".{OUTPUTS_FILE}.tmp")
     try:
@@ -373,7 +373,8 @@ def record_ratios(checkpoint_dir: Path, sums: Mapping[str, tuple[int, int]]) -> 
         tmp.unlink(missing_ok=True)
 
 
-def _number(value: Any) -> bool:
+def number(value: Any) -> bool:
+    """A finite int or float, not a bool (values read back from JSON files)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

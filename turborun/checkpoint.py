@@ -322,13 +322,17 @@ def remove_stale_temp(folder: Path, name: str) -> None:
         return
     for path in candidates:
         found = pattern.fullmatch(path.name)
-        if found is None or _alive(int(found.group(1))) or not path.is_file():
+        if found is None or pid_alive(int(found.group(1))) or not path.is_file():
             continue
         with contextlib.suppress(OSError):
             path.unlink()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process with this id runs on this machine (ours counts; a pid that is
+    not a positive integer, as read from a damaged file, does not)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:

@@ -4,12 +4,12 @@ plots about TIMELINE_POINTS points."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turborun.checkpoint import pid_alive
 from turborun.timeline import read_timeline
 
 TIMELINE_POINTS = 1200  # points kept per series: samples merged beyond
@@ -68,23 +68,9 @@ def read_attempts(folder: Path) -> list[Attempt]:
     for attempt in attempts[:-1]:
         if attempt.ended_at is None:
             attempt.state = "killed"  # a later attempt started: this one never ended
-    if attempts and attempts[-1].ended_at is None and not _alive(attempts[-1].pid):
+    if attempts and attempts[-1].ended_at is None and not pid_alive(attempts[-1].pid):
         attempts[-1].state = "killed"
     return attempts
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- the timeline, merged to a bounded number of points --------------------------------

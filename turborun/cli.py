@@ -228,7 +228,7 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
     if result.stopped_by is not None:
         again = _resume_command(argv)
         if "cap" in result.stopped_by:
-            again = _resume_command(_without(argv, "--max-cost", "--max-tokens-total"))
+            again = _resume_command(argv, drop=("--max-cost", "--max-tokens-total"))
             again += " --max-cost NEW_CAP"
         print(
             f"stopped: {result.stopped_by}. {pending} tasks not sent (pending, not failed); "
@@ -249,7 +249,9 @@ def _batch(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:
-    """``argv`` without these flags and their values (``--flag V`` or ``--flag=V``)."""
+    """``argv`` without these flags and their values (``--flag V``, ``--flag=V``, and
+    for a short flag ``-fV``)."""
+    attached = tuple(flag if len(flag) == 2 else f"{flag}=" for flag in flags)
     kept: list[str] = []
     skip = False
     for arg in argv:
@@ -257,7 +259,7 @@ def _without(argv: list[str], *flags: str) -> list[str]:
             skip = False
         elif arg in flags:
             skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in flags)):
+        elif not arg.startswith(attached):
             kept.append(arg)
     return kept
 
@@ -285,20 +287,14 @@ def _estimate(tasks: Path, config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resume_command(argv: list[str], *, other_output: bool = False) -> str:
-    """The command line that resumes this run; ``other_output``: with ``-o OTHER`` in
-    place of the results path given (a placeholder for the user to fill in)."""
-    again: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _NOT_RESUMED:
-            pass
-        elif other_output and arg in ("-o", "--output"):
-            skip = True
-        elif not (other_output and arg.startswith(("--output=", "-o"))):
-            again.append(arg)
+def _resume_command(
+    argv: list[str], *, other_output: bool = False, drop: tuple[str, ...] = ()
+) -> str:
+    """The command line that resumes this run, without the flags in ``drop`` (and their
+    values); ``other_output``: with ``-o OTHER`` in place of the results path given (a
+    placeholder for the user to fill in)."""
+    again = [arg for arg in argv if arg not in _NOT_RESUMED]
+    again = _without(again, *drop, *(("-o", "--output") if other_output else ()))
     command = shlex.join([sys.executable, "-m", "turborun", *again, "--resume"])
     return command + (" -o OTHER" if other_output else "")
 

@@ -684,7 +684,7 @@ class Supervisor:
         if not outcome.ok and task.provider != FN_PROVIDER:
             problem = account_problem(outcome.status_code, outcome.body)
             if problem is not None:
-                self._refused_account(node, bucket, problem, outcome)
+                self._refused_account(node, problem, outcome)
                 return None
         quota_parked = False
         if bucket is not None:
@@ -767,23 +767,35 @@ class Supervisor:
                     self.spend.spent_usd,
                 )  # fmt: skip
 
-    def _refused_account(
-        self, node: int, bucket: Bucket | None, problem: str, outcome: Outcome
-    ) -> None:
+    def _give_back(self, node: int, *, billed: bool) -> None:
+        """Undo what the node's attempt took (its bucket's budget, its endpoint's slot,
+        the attempt itself) when the attempt was no fault of the request: a refused
+        account, a dead worker process. ``billed``: the provider may have done the work,
+        so its spend reservation stays spent (a cap holds whatever was billed)."""
+        bucket_key = self._bucket_key(self.tasks[node])
+        bucket = self._bucket(bucket_key)
+        if bucket is not None:
+            bucket.release(self._nodes.cost[node])
+            self.ready.wake(bucket_key)
+        endpoint = self._nodes.endpoint[node]
+        if endpoint is not None:
+            self.endpoints.release(endpoint)
+            self.ready.wake_waiting("endpoint")
+        reservation = self._nodes.reservation[node]
+        self._nodes.reservation[node] = None
+        if reservation is not None and self.spend is not None:
+            if billed:
+                self.spend.settle(reservation, None, None)
+            else:
+                self.spend.release(reservation)
+        self._nodes.attempts[node] -= 1
+
+    def _refused_account(self, node: int, problem: str, outcome: Outcome) -> None:
         """The provider says the account cannot pay: nothing more goes to it in this run,
         the task waits (pending) for a resume once the account is fixed, and nothing of
         the answer counts against the model's limits or health."""
         task = self.tasks[node]
-        if bucket is not None:
-            bucket.release(self._nodes.cost[node])
-        endpoint = self._nodes.endpoint[node]
-        if endpoint is not None:
-            self.endpoints.release(endpoint)
-        reservation = self._nodes.reservation[node]
-        self._nodes.reservation[node] = None
-        if reservation is not None and self.spend is not None:
-            self.spend.release(reservation)
-        self._nodes.attempts[node] -= 1
+        self._give_back(node, billed=False)
         if task.provider not in self._account:
             why = (
                 f"{task.provider} refused the account (HTTP {outcome.status_code}: {problem}); "
@@ -849,22 +861,8 @@ class Supervisor:
             node = self.index[call.custom_id]
             if self.graph.state[node] != RUNNING:
                 continue
-            bucket_key = self._bucket_key(self.tasks[node])
-            bucket = self._bucket(bucket_key)
-            if bucket is not None:  # the pool's failure, not the provider's
-                bucket.release(self._nodes.cost[node])
-                self.ready.wake(bucket_key)
-            endpoint = self._nodes.endpoint[node]
-            if endpoint is not None:
-                self.endpoints.release(endpoint)
-                self.ready.wake_waiting("endpoint")
-            reservation = self._nodes.reservation[node]
-            self._nodes.reservation[node] = None
-            if reservation is not None and self.spend is not None:
-                # The request may have reached the provider before the process died: its
-                # worst case stays spent, so a cap holds whatever the provider billed.
-                self.spend.settle(reservation, None, None)
-            self._nodes.attempts[node] -= 1
+            # The pool's failure, not the provider's; but the request may have reached it.
+            self._give_back(node, billed=True)
             self._deaths[node] = self._deaths.get(node, 0) + 1
             if self._deaths[node] >= _MAX_DEATHS_PER_NODE:
                 message = f"worker processes died {self._deaths[node]} times running this task"

@@ -135,29 +135,12 @@ class RunSession:
         )
 
     def _start_simulator(self) -> None:
-        from turborun.simulator import Simulator
-
-        self.simulator = Simulator(latency_s=0.05, latency_per_token_s=0.0005).start()
-        # The run's own copy: the caller's Config keeps its URLs and keys.
-        self.config = dataclasses.replace(
-            self.config,
-            base_urls={"openai": self.simulator.openai_base_url, "groq": self.simulator.base_url},
-            api_keys={"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY},
+        self.simulator, self.config = start_simulator(
+            self.config, latency_s=0.05, latency_per_token_s=0.0005
         )
 
     def _attach_log(self, path: Path) -> None:
-        try:
-            handler = _QuietFileHandler(path, encoding="utf-8")
-        except OSError as exc:
-            raise CheckpointError(
-                f"cannot open the run log {path}: {exc.strerror or exc}"
-            ) from None
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger = logging.getLogger("turborun")
-        logger.addHandler(handler)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
-        self._log_handler = handler
+        self._log_handler = attach_run_log(path)
 
     def supervisor(
         self,
@@ -250,3 +233,32 @@ def _in_flight_target(config: Config, processes: int) -> InFlightTarget:
     if config.workers is not None:
         return InFlightTarget(start=ceiling, ceiling=ceiling, fixed=ceiling)
     return InFlightTarget(start=config.start_workers, ceiling=ceiling)
+
+
+def start_simulator(config: Config, **options: Any) -> tuple[Any, Config]:
+    """``--simulate``: the simulator (``options`` are Simulator's), and the run's own copy
+    of ``config`` pointing at it (the caller's keeps its URLs and keys)."""
+    from turborun.simulator import Simulator
+
+    simulator = Simulator(**options).start()
+    pointed = dataclasses.replace(
+        config,
+        base_urls={"openai": simulator.openai_base_url, "groq": simulator.base_url},
+        api_keys={"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY},
+    )
+    return simulator, pointed
+
+
+def attach_run_log(path: Path) -> logging.Handler:
+    """The run log (INFO and up of the "turborun" logger) in the checkpoint folder; a
+    write that fails later (a full disk) is dropped, never a traceback."""
+    try:
+        handler = _QuietFileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"cannot open the run log {path}: {exc.strerror or exc}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("turborun")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler

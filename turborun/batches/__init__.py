@@ -8,7 +8,6 @@ a registry beside the journal (``registry.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -26,13 +25,13 @@ from turborun.config import Config, require_keys
 from turborun.exceptions import CheckpointError
 from turborun.pricing import Pricing
 from turborun.results import write_results
+from turborun.session import attach_run_log, start_simulator
 from turborun.tasks import TaskSet
 
 __all__ = ["run_via_batch", "describe"]
 
 log = logging.getLogger("turborun")
 
-SIMULATOR_KEY = "sk-simulated-no-cost"
 SIMULATED_BATCH_S = 2.0  # --simulate: a batch takes this long (its 24 h window: 10 s)
 
 
@@ -59,7 +58,9 @@ def run_via_batch(
     handler: logging.Handler | None = None
     try:
         if config.simulate:
-            simulator, config = _start_simulator(config)
+            simulator, config = start_simulator(
+                config, latency_s=0.05, batches={"latency_s": SIMULATED_BATCH_S}
+            )
         else:
             require_keys(config, taskset.providers())
         checkpoint_dir = config.checkpoint_dir
@@ -67,7 +68,7 @@ def run_via_batch(
             tmp = tempfile.TemporaryDirectory(prefix="turborun-")
             checkpoint_dir, run_name, resume = Path(tmp.name), "run", False
         checkpoint = Checkpoint.open(checkpoint_dir, run_name, resume=resume, fresh=fresh)
-        handler = _attach_log(checkpoint.log_path)
+        handler = attach_run_log(checkpoint.log_path)
         registry = Registry(checkpoint.folder)
         _check_registry(registry, checkpoint.folder, resume=resume, fresh=fresh)
         journal = checkpoint.journal
@@ -144,19 +145,6 @@ def run_via_batch(
     )
 
 
-def _start_simulator(config: Config) -> tuple[Any, Config]:
-    """The simulator, and a copy of ``config`` pointing at it (the caller's is unchanged)."""
-    from turborun.simulator import Simulator
-
-    simulator = Simulator(latency_s=0.05, batches={"latency_s": SIMULATED_BATCH_S}).start()
-    pointed = dataclasses.replace(
-        config,
-        base_urls={"openai": simulator.openai_base_url, "groq": simulator.base_url},
-        api_keys={"openai": SIMULATOR_KEY, "groq": SIMULATOR_KEY},
-    )
-    return simulator, pointed
-
-
 def _check_registry(registry: Registry, folder: Path, *, resume: bool, fresh: bool) -> None:
     """Batches of an earlier run still at the provider: only --resume may go on
     (collecting them); --fresh abandons them (they run on, and are billed)."""
@@ -186,16 +174,6 @@ def _sayer(enabled: bool) -> Any:
             print(f"turborun: {message}", file=sys.stderr, flush=True)
 
     return say
-
-
-def _attach_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("turborun")
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-    return handler
 
 
 def _install_signals(driver: BatchDriver, handle: bool | None) -> Any:

@@ -100,6 +100,7 @@ from typing import Any
 
 import orjson
 
+from turborun.quiet_gc import quiet_gc
 from turborun.simulator.server import OVERFLOWS, SimConfig, serve
 
 START_TIMEOUT_S = 20.0
@@ -374,5 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         config = _config_from_args(parser.parse_args(argv))
     except ValueError as exc:
         parser.error(str(exc))
+    quiet_gc()  # a pause here would bunch arrivals: rate-limit windows would see bursts
     asyncio.run(serve(config, lambda line: print(line, flush=True)))
     return 0

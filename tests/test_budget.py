@@ -17,7 +17,7 @@ import pytest
 from turborun.budget import DEFAULT_OUTPUT_RESERVATION, Bucket, Budget
 from turborun.budget.backoff import retry_delay_s, should_retry
 from turborun.budget.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
-from turborun.budget.buckets import PROBE_PATIENCE_S
+from turborun.budget.buckets import FIRST_PROBES, PROBE_PATIENCE_S
 from turborun.budget.limit_signals import parse_reset
 from turborun.config import Limit
 from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
@@ -208,12 +208,13 @@ GROQ_HEADERS = {
 }
 
 
-def test_unknown_limit_sends_one_probe_then_learns_openai_headers() -> None:
+def test_unknown_limit_sends_first_probes_then_learns_openai_headers() -> None:
     budget, clock = make_budget()
     bucket = budget.bucket("openai", "gpt-4o-mini")
     assert bucket.state() == "learning"
-    send_now(bucket, clock)
-    assert bucket.ready_at(10) == clock.now + PROBE_PATIENCE_S  # one probe at a time
+    for _ in range(FIRST_PROBES):
+        send_now(bucket, clock)
+    assert bucket.ready_at(10) == clock.now + PROBE_PATIENCE_S  # no more until then
     bucket.settle(ok(OPENAI_HEADERS), 10, 5)
     assert (bucket.rpm, bucket.tpm) == (600, 60000)
     assert bucket.state() == "ok"
@@ -279,23 +280,26 @@ def test_answer_without_headers_means_unlimited() -> None:
 def test_probe_without_an_answer_probes_again() -> None:
     budget, clock = make_budget()
     bucket = budget.bucket("openai", "m")
-    send_now(bucket, clock)
+    for _ in range(FIRST_PROBES):
+        send_now(bucket, clock)
     bucket.settle(failure(TIMEOUT), 10, 5)
     assert bucket.state() == "learning"
-    send_now(bucket, clock)
+    send_now(bucket, clock)  # the timed-out probe's place
     assert bucket.ready_at(10) > clock.now
 
 
-def test_a_slow_probe_lets_one_more_probe_go_after_a_while() -> None:
+def test_slow_probes_let_more_probes_go_after_a_while() -> None:
     budget, clock = make_budget()
     bucket = budget.bucket("openai", "m")
-    send_now(bucket, clock)
+    for _ in range(FIRST_PROBES):
+        send_now(bucket, clock)
+    assert bucket.ready_at(10) > clock.now
     clock.now += PROBE_PATIENCE_S
     send_now(bucket, clock)
-    assert bucket.ready_at(10) > clock.now
-    bucket.settle(ok(OPENAI_HEADERS), 10, 5)  # the second answers first
+    bucket.settle(ok(OPENAI_HEADERS), 10, 5)  # a later one answers first
     assert bucket.state() == "ok"
-    bucket.settle(ok(OPENAI_HEADERS), 10, 5)
+    for _ in range(FIRST_PROBES):
+        bucket.settle(ok(OPENAI_HEADERS), 10, 5)
     assert bucket.in_flight == 0
 
 
@@ -311,10 +315,13 @@ def test_unanswered_probes_double_every_patience_period() -> None:
             sent_at.append(clock.now - start)
         else:
             clock.now = at
-    # 1 probe, then 2 in flight after one period, 4 after two, 8 after three.
-    patience = PROBE_PATIENCE_S
-    assert sent_at == [0.0, patience] + [2 * patience] * 2 + [3 * patience] * 4
-    assert bucket.in_flight == 8
+    # FIRST_PROBES (4) probes, then 8 in flight after one period, 16 after two, 32 after three.
+    patience, first = PROBE_PATIENCE_S, FIRST_PROBES
+    assert sent_at == (
+        [0.0] * first + [patience] * first + [2 * patience] * 2 * first
+        + [3 * patience] * 4 * first
+    )  # fmt: skip
+    assert bucket.in_flight == 8 * first
     bucket.settle(ok(OPENAI_HEADERS), 10, 5)
     assert bucket.state() == "ok"  # the first answer ends the probing
 
@@ -640,11 +647,12 @@ def test_release_frees_the_breakers_probe() -> None:
 def test_release_frees_a_learning_probe_without_learning() -> None:
     budget, clock = make_budget()
     bucket = budget.bucket("openai", "m")
-    send_now(bucket, clock)
+    for _ in range(FIRST_PROBES):
+        send_now(bucket, clock)
     assert bucket.ready_at(10) > clock.now
     bucket.release(10)
     assert bucket.state() == "learning"
-    assert bucket.in_flight == 0
+    assert bucket.in_flight == FIRST_PROBES - 1
     send_now(bucket, clock)  # the next probe goes at once
 
 

@@ -8,7 +8,7 @@ with work to do, the supervisor's target counts
                    recent latencies (before any answer: the latency model's expectation,
                    or the age of its oldest request, whichever is longer), × HEADROOM;
     no limits:     what its endpoints' adaptive limits and caps allow (endpoints.py);
-    still probing: its probes in flight, plus one;
+    still probing: its probes in flight plus one (at least FIRST_PROBES);
 
 each at most what the bucket has in flight plus ready. The target is their sum,
 never below ``start`` (120: what a run holds before it knows anything) and never

@@ -39,7 +39,7 @@ import orjson
 
 from turborun.account import account_problem
 from turborun.accounting import Accounts
-from turborun.budget import Bucket, Budget, retry_delay_s, should_retry
+from turborun.budget import FIRST_PROBES, Bucket, Budget, retry_delay_s, should_retry
 from turborun.checkpoint import Journal
 from turborun.concurrency import BucketLoad, InFlightTarget, rate_demand
 from turborun.config import Config
@@ -556,7 +556,7 @@ class Supervisor:
 
     def _demand(self, bucket: Bucket, now: float) -> float:
         if bucket.state() == "learning":
-            return bucket.in_flight + 1.0
+            return max(bucket.in_flight + 1.0, FIRST_PROBES)
         endpoints = self.endpoints
         if bucket.rpm is None and bucket.tpm is None:
             return endpoints.allowance(bucket.provider, bucket.model, adaptive=True)

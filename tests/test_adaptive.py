@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from turborun.adaptive import BACKOFF, PROBE_EVERY, ROUND_DIVISOR, ROUND_MIN, AdaptiveLimit
+from turborun.adaptive import (
+    BACKOFF,
+    FIRST_ROUND_MIN,
+    PROBE_EVERY,
+    ROUND_DIVISOR,
+    ROUND_MIN,
+    AdaptiveLimit,
+)
 
 INF = float("inf")
 
@@ -115,13 +122,22 @@ DURATION_S = 160.0
 @pytest.mark.parametrize(("k", "q", "seed"), [(64, 64, 1), (8, 8, 2), (512, 128, 3)])
 def test_settles_near_capacity(k: int, q: int, seed: int) -> None:
     """From 8, against K slots of S = 1 s: the limit settles within 0.8-1.5 K, throughput
-    after the warm-up is >= 90 % of K / S, and 503s (slow start's last doubling past
-    K + Q) happen in the first rounds only."""
+    after the warm-up is >= 90 % of K / S, and 503s (slow start's last latency of growth
+    past K + Q) happen in the first rounds only."""
     run = Sim(k, 1.0, q, seed=seed, initial=8).until(DURATION_S)
     settled = run.limits_after(WARM_UP_S)
     assert 0.8 * k <= min(settled) and max(settled) <= 1.5 * k, (k, min(settled), max(settled))
     assert run.throughput(WARM_UP_S, DURATION_S) >= 0.9 * k, run.throughput(WARM_UP_S, DURATION_S)
     assert all(t < 30.0 for t in run.rejected), run.rejected[-5:]
+
+
+def test_slow_start_reaches_a_large_server_in_a_few_latencies() -> None:
+    """Capacity 512 (queue 128), from 8: over the first 60 latencies the server does at
+    least 70 % of its best work, and slow start's overshoot draws a handful of 503s, not
+    hundreds (doubling once per round of 48+ outcomes instead: 0.64 of it and 817)."""
+    run = Sim(512, 1.0, 128, seed=3, initial=8).until(60.0)
+    assert len(run.done) >= 0.7 * 512 * 60, len(run.done) / (512 * 60)
+    assert len(run.rejected) <= 10, len(run.rejected)
 
 
 def test_settles_again_after_the_server_slows_down() -> None:
@@ -143,7 +159,7 @@ def test_no_load_jitter_does_not_read_as_queueing() -> None:
     """K far above demand: latencies jitter ±30 % yet the limit grows to the maximum..."""
     run = Sim(10**9, 1.0, 0, seed=6, maximum=1000).until(60.0)
     assert run.limits[-1][1] == 1000
-    # ... or to the demand (at most twice it: slow start's last doubling)
+    # ... or to the demand (at most twice it: slow start's last latency of growth)
     run = Sim(10**9, 1.0, 0, seed=7, demand=300).until(60.0)
     assert 300 <= run.limits[-1][1] <= 600
 
@@ -163,21 +179,25 @@ def answer(limiter: AdaptiveLimit, clock: FakeClock, n: int, latency_s: float = 
 
 def one_round(limiter: AdaptiveLimit, clock: FakeClock, latency_s: float = 1.0,
               in_flight: int | None = None) -> None:  # fmt: skip
-    """A whole round: its first answer starts the measurement, then the round's count."""
-    n = max(ROUND_MIN, limiter.limit // ROUND_DIVISOR) + 1
-    answer(limiter, clock, n, latency_s, in_flight=in_flight)
+    """Answers until the limiter ends a round (its first answer starts the measurement)."""
+    rounds = limiter.rounds
+    while limiter.rounds == rounds:
+        answer(limiter, clock, 1, latency_s, in_flight=in_flight)
 
 
-def test_slow_start_doubles_each_round_while_latency_holds() -> None:
+def test_slow_start_takes_a_baseline_then_grows_one_per_answer_while_latency_holds() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=8, clock=clock)
-    answer(limiter, clock, ROUND_MIN)  # one outcome short of a round
-    assert limiter.limit == 8
+    answer(limiter, clock, FIRST_ROUND_MIN)  # the first answer starts measuring: one short
+    assert limiter.limit == 8 and limiter.rounds == 0
     answer(limiter, clock, 1)
-    assert limiter.limit == 16
-    for expected in (32, 64, 128):
-        one_round(limiter, clock, latency_s=1.1)  # within 15 % of the baseline
-        assert limiter.limit == expected and limiter.state() == "slow start"
+    assert limiter.limit == 8 and limiter.rounds == 1  # the baseline round does not grow
+    answer(limiter, clock, 1 + 40, latency_s=1.1)  # within 15 %: one more per answer
+    assert limiter.limit == 48 and limiter.rounds == 1
+    one_round(limiter, clock, latency_s=1.1)  # the round's 48th outcome ends it
+    assert limiter.limit == 56 and limiter.state() == "slow start"
+    answer(limiter, clock, 1 + 56)  # about doubles per latency (each round's first answer
+    assert limiter.limit == 111  # only starts its measurement)
 
 
 def test_unused_limit_does_not_grow() -> None:
@@ -186,8 +206,8 @@ def test_unused_limit_does_not_grow() -> None:
     for _ in range(5):
         one_round(limiter, clock, in_flight=57)  # 57 < 90 % of 64
     assert limiter.limit == 64 and limiter.state() == "slow start"
-    one_round(limiter, clock, in_flight=58)
-    assert limiter.limit == 128
+    answer(limiter, clock, 1 + 10)  # in flight at the limit: it grows
+    assert limiter.limit == 74
 
 
 def test_overload_cuts_at_most_once_per_round() -> None:
@@ -197,40 +217,49 @@ def test_overload_cuts_at_most_once_per_round() -> None:
     clock.now += 1.0
     for _ in range(50):  # a burst of 503s of requests sent before: one cut
         limiter.observe(sent_before, 0.0, overloaded=True)
-    assert limiter.limit == int(64 * BACKOFF) and limiter.state() == "backing off"
-    answer(limiter, clock, ROUND_MIN - 1, overloaded=True)  # fresh 503s: the round goes on
-    assert limiter.limit == int(64 * BACKOFF)
+    cut = int(64 * BACKOFF)
+    assert limiter.limit == cut and limiter.state() == "backing off"
+    n = max(FIRST_ROUND_MIN, cut // ROUND_DIVISOR)  # the round's length (no baseline yet)
+    answer(limiter, clock, n - 1, overloaded=True)  # fresh 503s: the round goes on
+    assert limiter.limit == cut
     answer(limiter, clock, 1, overloaded=True)  # and its last outcome cuts once more
-    assert limiter.limit == int(int(64 * BACKOFF) * BACKOFF)
+    assert limiter.limit == int(cut * BACKOFF)
 
 
 def test_overload_ends_slow_start() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=8, clock=clock)
-    one_round(limiter, clock)
+    one_round(limiter, clock)  # the baseline
+    answer(limiter, clock, 1 + 8)
     assert limiter.limit == 16
     limiter.observe(clock.now - 0.5, 0.5, overloaded=True)
     assert limiter.limit == int(16 * BACKOFF) and limiter.state() == "backing off"
-    one_round(limiter, clock)  # latency holds: additive growth, no more doubling
+    one_round(limiter, clock)  # latency holds: additive growth, no more slow start
     assert limiter.limit == int(16 * BACKOFF) + 1 and limiter.state() == "steady"
 
 
 def test_queueing_ends_slow_start_and_shrinks() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=64, clock=clock)
-    one_round(limiter, clock)
-    assert limiter.limit == 128
-    one_round(limiter, clock, latency_s=2.0)  # twice the latency: half of 128 queued
-    assert limiter.limit == int(128 * BACKOFF) and limiter.state() == "backing off"
+    one_round(limiter, clock)  # the baseline: 1 s
+    assert limiter.limit == 64
+    # Twice the latency: the round still grows one per answer until its end (63 answers,
+    # when they reach half the limit, 127), whose median shows half of it queued: a cut,
+    # slow start over.
+    one_round(limiter, clock, latency_s=2.0)
+    assert limiter.limit == int(127 * BACKOFF) and limiter.state() == "backing off"
 
 
 def test_steady_holds_grows_and_probes() -> None:
     clock = FakeClock()
-    limiter = AdaptiveLimit(initial=100, clock=clock)
-    one_round(limiter, clock)  # baseline 1 s
+    limiter = AdaptiveLimit(initial=200, clock=clock)
+    one_round(limiter, clock, in_flight=100)  # baseline 1 s
     assert limiter.limit == 200
-    # queue = 200 × (1 - 1/1.2) = 33: between alpha (21) and beta (41.5): hold
-    for _ in range(PROBE_EVERY - 1):
+    # queue = 200 × (1 - 1/1.2) = 33: between alpha (21) and beta (41.5): hold (the first
+    # of these rounds unused, so slow start does not grow it before its end)
+    one_round(limiter, clock, latency_s=1.2, in_flight=150)
+    assert limiter.limit == 200 and limiter.state() == "steady"
+    for _ in range(PROBE_EVERY - 2):
         one_round(limiter, clock, latency_s=1.2)
         assert limiter.limit == 200 and limiter.state() == "steady"
     one_round(limiter, clock, latency_s=1.2)  # a probe round at the no-queue estimate
@@ -245,10 +274,9 @@ def test_steady_holds_grows_and_probes() -> None:
 
 def test_a_slower_server_restarts_the_baseline() -> None:
     clock = FakeClock()
-    limiter = AdaptiveLimit(initial=50, clock=clock)
-    one_round(limiter, clock)
-    assert limiter.limit == 100
-    one_round(limiter, clock, latency_s=2.0)  # "queueing": a deep cut
+    limiter = AdaptiveLimit(initial=100, clock=clock)
+    one_round(limiter, clock, in_flight=50)  # the baseline: 1 s
+    one_round(limiter, clock, latency_s=2.0, in_flight=50)  # "queueing": a deep cut
     assert limiter.limit == 70
     one_round(limiter, clock, latency_s=2.0)  # 30 % fewer in flight, no faster: no queue
     assert limiter.limit == 74 and limiter.state() == "steady"
@@ -258,7 +286,8 @@ def test_bounds() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=50, minimum=3, maximum=70, clock=clock)
     one_round(limiter, clock)
-    assert limiter.limit == 70  # doubling clamped to the maximum
+    answer(limiter, clock, 1 + 30)
+    assert limiter.limit == 70  # growth clamped to the maximum
     for _ in range(20):
         answer(limiter, clock, ROUND_MIN, overloaded=True)
     assert limiter.limit == 3
@@ -274,14 +303,14 @@ def test_outcomes_sent_before_a_change_are_not_measured() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=8, clock=clock)
     one_round(limiter, clock)
-    assert limiter.limit == 16
-    for _ in range(500):  # slow answers of requests sent before the doubling
+    for _ in range(500):  # slow answers of requests sent before the round began
         limiter.observe(0.0, 5.0, overloaded=False)
-    assert limiter.limit == 16 and limiter.state() == "slow start"
+    assert limiter.limit == 8 and limiter.state() == "slow start"
 
 
 def test_zero_latencies_do_not_divide_by_zero() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=8, clock=clock)
     one_round(limiter, clock, latency_s=0.0)
-    assert limiter.limit == 16
+    answer(limiter, clock, 1 + 4, latency_s=0.0)
+    assert limiter.limit == 12

@@ -83,7 +83,7 @@ def finished_run(simulator, tmp_path_factory) -> dict[str, Any]:
         _task("retried", "[sim:status=429:retry_after_ms=50:times=1]", tag),
         _task(
             "title",
-            "name it",
+            "name it [sim:latency=0.5]",  # the longest path ends here, whatever the queueing
             tag,
             model="llama-3.1-8b-instant",
             provider="groq",

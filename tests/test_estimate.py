@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from turborun.budget import MARGIN
 from turborun.config import Config, Limit
 from turborun.estimate import (
     estimate,
@@ -96,7 +97,7 @@ def test_the_rate_limit_binds_a_wide_run(tmp_path: Path) -> None:
     tasks = tasks_of([chat(f"t{i}") for i in range(600)])
     config = Config(checkpoint_dir=tmp_path, override_limit=Limit(rpm=300, tpm=None))
     est = estimate(tasks, config, pricing=PRICING, latency=FixedLatency(2.0), ratios={})
-    assert est.limit_s == pytest.approx(600 / 300 * 60 + 2.0)
+    assert est.limit_s == pytest.approx(600 / (300 * (1 - MARGIN)) * 60 + 2.0)
     assert est.time_s == est.limit_s
     assert est.bound == "rate limit of openai/gpt-4o-mini"
 
@@ -106,7 +107,7 @@ def test_the_tpm_limit_counts_reserved_tokens(tmp_path: Path) -> None:
     config = Config(checkpoint_dir=tmp_path, override_limit=Limit(rpm=10_000, tpm=50_000))
     est = estimate(tasks, config, pricing=PRICING, latency=FixedLatency(0.0), ratios={})
     reserved = est.models[0].prompt_tokens + 100 * 1000
-    assert est.limit_s == pytest.approx(reserved / 50_000 * 60)
+    assert est.limit_s == pytest.approx(reserved / (50_000 * (1 - MARGIN)) * 60)
 
 
 def test_the_critical_path_binds_a_deep_dag(tmp_path: Path) -> None:
@@ -182,7 +183,8 @@ def test_the_estimate_command_sends_nothing_and_counts_what_a_resume_would_run(
     assert done.returncode == 0, done.stderr
     est = json.loads(done.stdout)
     assert est["tasks"] == 30 and est["bound"] == "rate limit of openai/gpt-4o-mini"
-    assert est["time_s"] == pytest.approx(30 / 60 * 60 + est["models"][0]["latency_s"], abs=0.01)
+    paced_s = 30 / (60 * (1 - MARGIN)) * 60  # the buckets pace MARGIN below the limit
+    assert est["time_s"] == pytest.approx(paced_s + est["models"][0]["latency_s"], abs=0.01)
     assert not (tmp_path / "checkpoints").exists()  # nothing made, nothing sent
 
     table = _cli(tmp_path, "batch", "tasks.jsonl", "--estimate", "--simulate")

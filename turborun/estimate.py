@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turborun.budget import DEFAULT_OUTPUT_RESERVATION
+from turborun.budget import DEFAULT_OUTPUT_RESERVATION, MARGIN
 from turborun.config import Config
 from turborun.graph import longest_path
 from turborun.latency import LatencyModel
@@ -226,11 +226,11 @@ def _price(m: ModelEstimate, config: Config, pricing: Pricing, ratios: Mapping[s
     limit = config.limit_for(m.provider, m.model)
     m.rpm, m.tpm = limit.rpm, limit.tpm
     reserved = m.prompt_tokens + m.max_output_tokens + m.unbounded * DEFAULT_OUTPUT_RESERVATION
-    spans = []
+    spans = []  # at the pace the buckets keep: MARGIN below each limit
     if m.rpm:
-        spans.append(m.tasks / m.rpm * 60.0)
+        spans.append(m.tasks / (m.rpm * (1.0 - MARGIN)) * 60.0)
     if m.tpm:
-        spans.append(reserved / m.tpm * 60.0)
+        spans.append(reserved / (m.tpm * (1.0 - MARGIN)) * 60.0)
     if spans:
         m.limit_s = max(spans) + m.latency_s  # the last request still takes its latency
     low = pricing.cost_usd(m.provider, m.model, m.prompt_tokens, 0)

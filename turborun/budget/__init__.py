@@ -13,11 +13,18 @@ The rest of turborun uses it through the names below; the modules inside are its
 from __future__ import annotations
 
 from turborun.budget.backoff import is_retryable, retry_delay_s, should_retry
-from turborun.budget.buckets import DEFAULT_OUTPUT_RESERVATION, FIRST_PROBES, Bucket, Budget
+from turborun.budget.buckets import (
+    DEFAULT_OUTPUT_RESERVATION,
+    FIRST_PROBES,
+    MARGIN,
+    Bucket,
+    Budget,
+)
 
 __all__ = [
     "DEFAULT_OUTPUT_RESERVATION",
     "FIRST_PROBES",
+    "MARGIN",
     "Bucket",
     "Budget",
     "is_retryable",

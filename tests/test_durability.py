@@ -279,7 +279,9 @@ def test_second_ctrl_c_exits_at_once_leaving_a_consistent_journal(
 ) -> None:
     tag = uuid.uuid4().hex
     # ~4 s per request: the first Ctrl-C's grace would wait for them; the second must not.
-    quick = [task(tag, f"t{i:04d}", max_tokens=1, priority=1) for i in range(40)]
+    # The quick ones go first ("high"; priority 1 is "low", below the default "normal",
+    # and let the long ones go first: the Ctrl-C then came when only quick ones were left).
+    quick = [task(tag, f"t{i:04d}", max_tokens=1, priority="high") for i in range(40)]
     tasks = quick + [task(tag, f"t{i:04d}", max_tokens=4000) for i in range(40, 80)]
     path = write_tasks(tmp_path / "long.jsonl", tasks)
     args = ["batch", str(path), "--workers", "40", "--processes", "2", "--no-progress"]

@@ -83,11 +83,13 @@ def finished_run(simulator, tmp_path_factory) -> dict[str, Any]:
         _task("retried", "[sim:status=429:retry_after_ms=50:times=1]", tag),
         _task(
             "title",
-            "name it [sim:latency=0.5]",  # the longest path ends here, whatever the queueing
+            "name it [sim:latency=0.5]",
             tag,
             model="llama-3.1-8b-instant",
             provider="groq",
-            depends_on=["ok0", "retried"],
+            # after every task that succeeds, and slower than any: it ends last, however
+            # loaded the machine (the report's critical path is the chain that ended last)
+            depends_on=[f"ok{i}" for i in range(6)] + ["retried"],
         ),  # fmt: skip
     ]
     path = _write_tasks(tmp_path / "mixed.jsonl", tasks)

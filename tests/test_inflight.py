@@ -314,7 +314,7 @@ def test_adaptive_limit_bounds_what_a_self_hosted_server_sees(tmp_path):
     assert result.metrics.peak_in_flight < DEFAULT_WORKERS
 
 
-# ---- known engine issue ---------------------------------------------------------------
+# ---- a configured limit equal to the server's -----------------------------------------
 
 
 def test_a_configured_limit_equal_to_the_servers_draws_no_429(tmp_path):

@@ -21,6 +21,8 @@ the simulator in its own process.
 and file writing excluded). In-flight counts at a server come from its request log.
 
 Usage: python scripts/bench_inflight.py [--only limit,learned,long,selfhost,two] [--scale 1]
+                                        [--repeat N]  (N runs of limit's and learned's auto,
+                                                       and how many drew no 429)
 """
 
 from __future__ import annotations
@@ -139,21 +141,28 @@ def _line(label: str, result, wall: float, extra: str = "") -> None:  # type: ig
     )
 
 
-def limit(folder: Path, scale: float, learned: bool) -> None:
+def limit(folder: Path, scale: float, learned: bool, repeat: int) -> None:
     n, rpm, latency = int(6000 * scale), 30_000.0, 3.0
     bound = n / (rpm / 60) + latency
     print(f"{'2-learned' if learned else '1-limit'}: {n} requests, 3 s ± 30 %, {rpm:,.0f} RPM "
           f"at the server, bound n/rate + latency = {bound:.1f} s", flush=True)  # fmt: skip
     limits = {} if learned else {("openai", MODEL): Limit(rpm=rpm)}
-    runs = [("auto", {})] if learned else [("auto", {}), ("fixed 120", {"workers": 120})]
+    runs = [(f"auto {i + 1}" if repeat > 1 else "auto", {}) for i in range(repeat)]
+    if not learned:
+        runs.append(("fixed 120", {"workers": 120}))
+    drew: list[int] = []
     for label, kw in runs:
         with Simulator(latency_s=latency, latency_jitter=0.3, limits={MODEL: (rpm, None)}) as sim:
             result, wall, _ = _run([sim], _tasks(n), folder / label, model_limits=limits, **kw)
             log = sim.requests()
         limited = sum(1 for r in log if r["status"] == 429)
+        if label.startswith("auto"):
+            drew.append(limited)
         ratio = result.metrics.makespan_s / bound
         _line(label, result, wall, f", {ratio:.3f} x bound, server 429s {limited} "
               f"({limited / max(1, len(log)):.2%})")  # fmt: skip
+    if repeat > 1:
+        print(f"  auto: 0 × 429 in {drew.count(0)} of {repeat} runs; 429s per run {drew}")
 
 
 def long(folder: Path, scale: float) -> None:
@@ -215,14 +224,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="limit,learned,long,selfhost,two")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of limit/learned's auto")
     args = parser.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if "limit" in only:
-            limit(folder, args.scale, learned=False)
+            limit(folder, args.scale, learned=False, repeat=args.repeat)
         if "learned" in only:
-            limit(folder, args.scale, learned=True)
+            limit(folder, args.scale, learned=True, repeat=args.repeat)
         if "long" in only:
             long(folder, args.scale)
         one = selfhost(folder, args.scale, 1) if "selfhost" in only else None

@@ -60,7 +60,7 @@ from turborun.records import CONNECTION, RATE_LIMITED, TIMEOUT, Outcome
 # Pace at 97.5 % of a limit; windows are 2.5 % longer than the provider's. At 2 % (20 ms)
 # a 30,000 RPM run at 3 s answers on 2 busy cores still drew 1-5 per-second 429s per
 # 6,000 requests (CPU contention delays some sends by 20-30 ms more than others); at
-# 2.5 %, and with quiet_gc.py, 0 in 10 of 15 runs, 2-10 in the others (stalls of up to
+# 2.5 %, and with quiet_gc.py, 0 in 11 of 21 runs, 1-10 in the others (stalls of up to
 # 60 ms; scripts/bench_inflight.py --only limit). A run can use at most 1/(1 + jitter)
 # of a limit without a 429: 3 % would leave bench_ratelimit at its 0.97 floor.
 MARGIN = 0.025

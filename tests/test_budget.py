@@ -17,7 +17,13 @@ import pytest
 from turborun.budget import DEFAULT_OUTPUT_RESERVATION, Bucket, Budget
 from turborun.budget.backoff import retry_delay_s, should_retry
 from turborun.budget.breaker import MAX_COOLDOWN_S, MIN_FAILURES, WINDOW, seconds
-from turborun.budget.buckets import FIRST_PROBES, PROBE_PATIENCE_S
+from turborun.budget.buckets import (
+    FIRST_PROBES,
+    MARGIN,
+    PROBE_PATIENCE_S,
+    WARM_MARGIN,
+    WARM_S,
+)
 from turborun.budget.limit_signals import parse_reset
 from turborun.config import Limit
 from turborun.records import CLIENT_ERROR, RATE_LIMITED, SERVER_ERROR, TIMEOUT, Outcome
@@ -169,6 +175,9 @@ def test_request_larger_than_a_second_of_tokens_goes_alone() -> None:
 def test_late_wakeup_is_not_lost() -> None:
     budget, clock = make_budget({("openai", "m"): Limit(rpm=6000, tpm=10**12)})
     bucket = budget.bucket("openai", "m")
+    send_now(bucket, clock, 1)
+    bucket.settle(ok(), 1, 0)
+    clock.now += WARM_S  # past the first seconds' wider margin
     for _ in range(200):
         clock.now = max(clock.now, bucket.ready_at(1)) + 0.002  # always 2 ms late
         bucket.spend(1)
@@ -176,7 +185,29 @@ def test_late_wakeup_is_not_lost() -> None:
     for _ in range(980):
         clock.now = max(clock.now, bucket.ready_at(1)) + 0.002
         bucket.spend(1)
-    assert clock.now - start <= 10.0 * 1.01  # 98 a second, the lateness caught up
+    assert clock.now - start <= 10.0 * 1.01  # 97.5 a second, the lateness caught up
+
+
+def test_the_first_seconds_keep_a_wider_margin() -> None:
+    """Until WARM_S after the first answer, pace and the one-second window keep
+    WARM_MARGIN (sends reach the provider least evenly while connections open and the
+    first answers arrive); after, MARGIN."""
+    budget, clock = make_budget({("openai", "m"): Limit(rpm=6000, tpm=10**12)})
+    bucket = budget.bucket("openai", "m")
+
+    def sent_in(seconds: float) -> int:
+        end, count = clock.now + seconds, 0
+        while True:
+            clock.now = max(clock.now, bucket.ready_at(1))
+            if clock.now >= end:
+                return count
+            bucket.spend(1)
+            count += 1
+
+    assert sent_in(10.0) <= 100 * (1 - WARM_MARGIN) * 10 + 2  # no answer yet
+    bucket.settle(ok(), 1, 0)
+    clock.now += WARM_S
+    assert sent_in(10.0) >= 100 * (1 - MARGIN) * 10 - 2
 
 
 def test_a_free_bucket_answers_go_to_a_caller_whose_clock_reading_is_older() -> None:

@@ -86,6 +86,8 @@ WINDOW_MARGIN = MARGIN  # windows 2.5 % longer than the provider's: ~25 ms of ji
 # (scripts/bench_inflight.py --only limit --repeat 6); bench_ratelimit 0.973 (0.975).
 WARM_MARGIN = 0.05
 WARM_S = 1.0
+_SECOND_S = 1.0 / (1.0 - WINDOW_MARGIN)  # the one-second window's length, then ...
+_WARM_SECOND_S = 1.0 / (1.0 - WARM_MARGIN)  # ... and in a bucket's first seconds
 # Reserved output of a request that names no max_tokens: OpenAI charges the request's
 # own estimate then, and the simulator 16 tokens (the OpenAI cookbook reserves 15).
 # A bucket whose successes report no output tokens (embeddings) reserves none.
@@ -196,7 +198,7 @@ class Bucket:
         self._park_until = -_INF  # an exhausted daily quota
         self._request_pace = Pace(REQUEST_BURST_S)
         self._token_pace = Pace(TOKEN_BURST_S)
-        self._second = Window(1.0 / (1.0 - WARM_MARGIN))
+        self._second = Window(_WARM_SECOND_S)
         self._minute = Window(60.0 / (1.0 - WINDOW_MARGIN))
         self._estimated_sum = 0.0
         self._actual_sum = 0.0
@@ -548,8 +550,7 @@ class Bucket:
         window's length follows)."""
         if now < self._warm_until:
             return WARM_MARGIN
-        if self._second.span_s != 1.0 / (1.0 - WINDOW_MARGIN):
-            self._second.span_s = 1.0 / (1.0 - WINDOW_MARGIN)
+        self._second.span_s = _SECOND_S
         return MARGIN
 
     def _recover(self, now: float) -> None:
